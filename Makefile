@@ -1,0 +1,33 @@
+# Fresh-machine entry points. `make demo`: set up and run the main job (validation of the
+# closed-form updates + a short training demo). `make test`: set up and run the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU build of torch from the local wheel cache; an unpinned torch pulls a multi-GB CUDA build.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: setup demo validate test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e ".[all,test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(PY) -m vsgd_bayes demo
+
+validate: setup
+	$(PY) -m vsgd_bayes validate
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/step_time.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

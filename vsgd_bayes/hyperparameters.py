@@ -1,0 +1,235 @@
+"""Hyperparameters, defaults, validation and scalar schedules of VSGD.
+
+This module is framework-free (it imports neither JAX nor torch) and is the one place where
+every front end (the JAX rule, the optax transformation, the torch optimizers) takes its
+defaults, its validation and its scalar formulas from.
+
+Symbols (see ``derivations/README.md`` for the full notation table):
+
+=====================  ==================  ===============================================
+paper symbol           argument            meaning
+=====================  ==================  ===============================================
+eta                    ``lr``              learning rate
+K_g                    ``variance_ratio``  prior ratio Var(g_hat - g) / Var(g_t - g_{t-1})
+gamma                  ``prior_strength``  strength of the Gamma priors on the precisions
+kappa_1, kappa_2       ``kappa1/kappa2``   Robbins-Monro exponents, rho_{t,i} = t^(-kappa_i)
+lambda                 ``weight_decay``    decoupled (AdamW-style) weight decay
+epsilon                ``eps``             added to the denominator of the parameter step
+=====================  ==================  ===============================================
+
+The two initialisations differ only in the prior shape a_0 (derived in
+``derivations/05_first_step.md``):
+
+* ``"paper"`` (Algorithm 1): a_0 = gamma, so the first step uses the prior variances
+  b_0 / a_0 = (1, K_g).
+* ``"reference"`` (the authors' published code, the default): the code stores 2a and adds
+  1e-4 to it, which is the same algorithm with a_0 = gamma + 5e-5. With gamma = 1e-8 the first
+  step then uses the variances gamma / (gamma + 5e-5) ~= 2.0e-4 and K_g times that.
+
+In both cases the posterior shape after any step is a = a_0 + 1/2 (the closed-form target of
+the shape never changes, so it is a constant and is not stored).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Dict, Tuple
+
+__all__ = [
+    "DEFAULTS",
+    "INITS",
+    "REFERENCE_SHAPE_OFFSET",
+    "VSGDHyperparameters",
+    "REQUIREMENTS",
+    "check_hyperparameter",
+    "validate_hyperparameters",
+    "prior_shape",
+    "posterior_shape",
+    "shape_before_step",
+    "prior_rates",
+    "step_sizes",
+]
+
+#: Defaults of the authors' implementation (``ghattg=30, ps=1e-8, tau1=0.81, tau2=0.9,
+#: lr=0.1, weight_decay=0, eps=1e-8``), under this project's names.
+DEFAULTS: Dict[str, Any] = {
+    "lr": 0.1,
+    "variance_ratio": 30.0,
+    "prior_strength": 1e-8,
+    "kappa1": 0.81,
+    "kappa2": 0.9,
+    "weight_decay": 0.0,
+    "eps": 1e-8,
+    "init": "reference",
+}
+
+INITS: Tuple[str, ...] = ("reference", "paper")
+
+#: The authors' code uses the constant 2a = 2*gamma + 1 + 1e-4 for both precisions; in terms of
+#: the shape itself that is an offset of 1e-4 / 2 on the prior shape (and hence on every
+#: posterior shape). Kept so that trajectories match the published results.
+REFERENCE_SHAPE_OFFSET = 0.5e-4
+
+
+def _is_real_number(value: Any) -> bool:
+    # Accepts Python and NumPy scalars as well as 0-dim tensors of either framework
+    # (anything that converts to float) but rejects bools, strings and containers.
+    if isinstance(value, bool) or isinstance(value, (str, bytes)):
+        return False
+    if isinstance(value, numbers.Real):
+        return True
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    shape = getattr(value, "shape", ())
+    return tuple(shape) == ()
+
+
+def _check(name: str, value: Any, ok: bool, requirement: str) -> None:
+    if not ok:
+        raise ValueError(f"Invalid {name}: {value!r} (must be {requirement})")
+
+
+#: Requirement on each hyperparameter: (predicate on its float value, text for the error).
+REQUIREMENTS: Dict[str, Tuple[Callable[[float], bool], str]] = {
+    "lr": (lambda v: v >= 0.0, ">= 0"),
+    "variance_ratio": (lambda v: v > 0.0, "> 0"),
+    # gamma = 0 makes the first step 0/0 (the authors' code does not check it).
+    "prior_strength": (lambda v: v > 0.0, "> 0"),
+    # Robbins-Monro conditions: sum rho_t = inf and sum rho_t^2 < inf for rho_t = t^-kappa.
+    "kappa1": (lambda v: 0.5 < v <= 1.0, "in (0.5, 1]"),
+    "kappa2": (lambda v: 0.5 < v <= 1.0, "in (0.5, 1]"),
+    "kappa": (lambda v: 0.5 < v <= 1.0, "in (0.5, 1]"),
+    "weight_decay": (lambda v: v >= 0.0, ">= 0"),
+    "eps": (lambda v: v >= 0.0, ">= 0"),
+}
+
+
+def check_hyperparameter(name: str, value: Any) -> None:
+    """Raise ``ValueError`` naming ``name`` and ``value`` unless it meets its requirement.
+
+    ``init`` must be one of :data:`INITS`; ``lr`` may also be a callable schedule (optax), which
+    is not checked; every other value must be a finite real scalar meeting
+    :data:`REQUIREMENTS`.
+    """
+    if name == "init":
+        _check("init", value, isinstance(value, str) and value in INITS, f"one of {INITS}")
+        return
+    if name == "lr" and callable(value):
+        return
+    _check(name, value, _is_real_number(value), "a real scalar")
+    _check(name, value, math.isfinite(float(value)), "finite")
+    predicate, requirement = REQUIREMENTS[name]
+    _check(name, value, predicate(float(value)), requirement)
+
+
+def validate_hyperparameters(
+    lr: Any = DEFAULTS["lr"],
+    variance_ratio: Any = DEFAULTS["variance_ratio"],
+    prior_strength: Any = DEFAULTS["prior_strength"],
+    kappa1: Any = DEFAULTS["kappa1"],
+    kappa2: Any = DEFAULTS["kappa2"],
+    weight_decay: Any = DEFAULTS["weight_decay"],
+    eps: Any = DEFAULTS["eps"],
+    init: Any = DEFAULTS["init"],
+) -> None:
+    """Raise ``ValueError`` naming the argument and the value if any hyperparameter is invalid.
+
+    Requirements: ``lr >= 0``, ``eps >= 0``, ``weight_decay >= 0``, ``prior_strength > 0``
+    (gamma = 0 makes the first step 0/0), ``variance_ratio > 0``, ``kappa1`` and ``kappa2`` in
+    (0.5, 1] (the Robbins-Monro conditions sum rho = inf, sum rho^2 < inf), all finite real
+    scalars, and ``init`` one of ``"reference"``, ``"paper"``.
+
+    Example:
+        >>> validate_hyperparameters(kappa1=0.4)
+        Traceback (most recent call last):
+        ...
+        ValueError: Invalid kappa1: 0.4 (must be in (0.5, 1])
+    """
+    values = dict(
+        lr=lr,
+        variance_ratio=variance_ratio,
+        prior_strength=prior_strength,
+        kappa1=kappa1,
+        kappa2=kappa2,
+        weight_decay=weight_decay,
+        eps=eps,
+        init=init,
+    )
+    for name, value in values.items():
+        check_hyperparameter(name, value)
+
+
+@dataclass(frozen=True)
+class VSGDHyperparameters:
+    """The VSGD hyperparameters, validated at construction.
+
+    Example:
+        >>> hp = VSGDHyperparameters(variance_ratio=9.0)
+        >>> hp.posterior_shape  # gamma + 1/2 + 5e-5 for the reference initialisation
+        0.50005001
+    """
+
+    lr: float = DEFAULTS["lr"]
+    variance_ratio: float = DEFAULTS["variance_ratio"]
+    prior_strength: float = DEFAULTS["prior_strength"]
+    kappa1: float = DEFAULTS["kappa1"]
+    kappa2: float = DEFAULTS["kappa2"]
+    weight_decay: float = DEFAULTS["weight_decay"]
+    eps: float = DEFAULTS["eps"]
+    init: str = DEFAULTS["init"]
+
+    def __post_init__(self) -> None:
+        validate_hyperparameters(**asdict(self))
+
+    @property
+    def prior_shape(self) -> float:
+        return prior_shape(self.prior_strength, self.init)
+
+    @property
+    def posterior_shape(self) -> float:
+        return posterior_shape(self.prior_strength, self.init)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def prior_shape(prior_strength: float, init: str = DEFAULTS["init"]) -> float:
+    """Shape a_0 of both Gamma priors: gamma (paper) or gamma + 5e-5 (reference)."""
+    if init == "paper":
+        return float(prior_strength)
+    if init == "reference":
+        return float(prior_strength) + REFERENCE_SHAPE_OFFSET
+    raise ValueError(f"Invalid init: {init!r} (must be one of {INITS})")
+
+
+def posterior_shape(prior_strength: float, init: str = DEFAULTS["init"]) -> float:
+    """Shape a = a_0 + 1/2 of both Gamma posteriors after any step (one observation each)."""
+    return prior_shape(prior_strength, init) + 0.5
+
+
+def shape_before_step(step: int, prior_strength: float, init: str = DEFAULTS["init"]) -> float:
+    """The shape that the variational rates are divided by at step ``step`` (counted from 1).
+
+    At step 1 the rates are still the prior's, so their shape is a_0; afterwards it is a.
+    """
+    if step <= 1:
+        return prior_shape(prior_strength, init)
+    return posterior_shape(prior_strength, init)
+
+
+def prior_rates(prior_strength: float, variance_ratio: float) -> Tuple[float, float]:
+    """Rates (b_{0,g}, b_{0,g_hat}) = (gamma, K_g * gamma) of the two Gamma priors."""
+    return float(prior_strength), float(variance_ratio) * float(prior_strength)
+
+
+def step_sizes(step: Any, kappa1: float, kappa2: float) -> Tuple[Any, Any]:
+    """Robbins-Monro step sizes rho_{t,1} = t^(-kappa1), rho_{t,2} = t^(-kappa2).
+
+    ``step`` is the 1-based step count; it may be a Python number or an array/tensor of any
+    framework (the power is taken with ``**``). rho_1 = 1, so step 1 overwrites the rates.
+    """
+    return step ** (-kappa1), step ** (-kappa2)
