@@ -41,7 +41,7 @@ from torch.optim import Optimizer
 from vsgd_bayes import hyperparameters as hp
 from vsgd_bayes.torch._functional import _as_real, default_foreach
 from vsgd_bayes.torch._single_tensor import parameter_step_, svi_blend_
-from vsgd_bayes.torch.vsgd import _check_flag, state_dtype
+from vsgd_bayes.torch.vsgd import _check_flag, _filled_like, state_dtype
 
 __all__ = ["ConstantVSGD", "constant_vsgd", "DEFAULT_VARIANCE_RATIO"]
 
@@ -340,12 +340,7 @@ class ConstantVSGD(Optimizer):
                     state["gradient_mean"] = torch.zeros_like(
                         param, dtype=dtype, memory_format=torch.preserve_format
                     )
-                    state["rate"] = torch.full_like(
-                        param,
-                        float(group["prior_strength"]),
-                        dtype=dtype,
-                        memory_format=torch.preserve_format,
-                    )
+                    state["rate"] = _filled_like(param, float(group["prior_strength"]), dtype)
                 params.append(param)
                 grads.append(param.grad)
                 gradient_means.append(state["gradient_mean"])

@@ -33,6 +33,14 @@ def state_dtype(param_dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(param_dtype, torch.float32)
 
 
+def _filled_like(param: Tensor, value: float, dtype: torch.dtype) -> Tensor:
+    """A state tensor like ``param`` filled with ``value``; for a complex parameter both the
+    real and the imaginary coordinates get ``value`` (they are independent coordinates)."""
+    tensor = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
+    (torch.view_as_real(tensor) if tensor.is_complex() else tensor).fill_(value)
+    return tensor
+
+
 class GradientPosterior(NamedTuple):
     """The posterior over one parameter's true gradient, after its latest step.
 
@@ -239,12 +247,8 @@ class VSGD(Optimizer):
                 state["gradient_mean"] = torch.zeros_like(
                     param, dtype=dtype, memory_format=torch.preserve_format
                 )
-                state["drift_rate"] = torch.full_like(
-                    param, drift_prior_rate, dtype=dtype, memory_format=torch.preserve_format
-                )
-                state["noise_rate"] = torch.full_like(
-                    param, noise_prior_rate, dtype=dtype, memory_format=torch.preserve_format
-                )
+                state["drift_rate"] = _filled_like(param, drift_prior_rate, dtype)
+                state["noise_rate"] = _filled_like(param, noise_prior_rate, dtype)
             params.append(param)
             grads.append(param.grad)
             gradient_means.append(state["gradient_mean"])
