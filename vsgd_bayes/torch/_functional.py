@@ -49,8 +49,9 @@ def _has_foreach_path() -> bool:
 
 
 def _foreach_supported_types():
-    # Plain tensors and DTensors (FSDP2 shards) are what the torch._foreach_* ops accept.
-    types = [torch.Tensor]
+    # Plain tensors, Parameters and DTensors (FSDP2 shards) are what the torch._foreach_* ops
+    # accept (subclasses with their own dispatch are not).
+    types = [torch.Tensor, torch.nn.Parameter]
     try:
         from torch.distributed.tensor import DTensor
 
