@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--optimizers", default=",".join(OPTIMIZERS), help="comma-separated subset of %(default)s")
     parser.add_argument("--steps", type=int, default=None, help="override the number of training steps")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    # The models are tiny: a single thread avoids synchronisation overhead and makes the
+    # timings comparable on a shared machine.
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--json", dest="json_path", default=None, help="write the full results to this JSON file")
     parser.add_argument("--out", default=None, help="directory for curves PNG and results.json")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars even on a terminal")
