@@ -23,6 +23,7 @@ from vsgd_bayes import hyperparameters as hp
 from vsgd_bayes import rule
 from vsgd_bayes.torch import _foreach
 from vsgd_bayes.torch._foreach import foreach_vsgd
+from vsgd_bayes.torch._fused import fused_is_available, fused_vsgd
 
 DEVICE = torch.device("cpu")
 
@@ -39,6 +40,8 @@ HYPERPARAMETERS.pop("lr")
 
 def _paths():
     paths = [("foreach", foreach_vsgd)]
+    if fused_is_available(DEVICE):
+        paths.append(("fused", fused_vsgd))
     return paths
 
 
