@@ -1,0 +1,132 @@
+"""Executes the text notebooks of ``notebooks/`` with their small (CI) settings.
+
+Each notebook is a jupytext "percent" file; it is converted to a notebook in memory and run
+by nbclient in a temporary directory on a kernel that points at this interpreter (so the
+venv's packages are the ones imported). A notebook writes its key numbers to the JSON file
+named by ``VSGD_NOTEBOOK_RESULTS``; the tests check that no cell fails and that those numbers
+make sense.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import sys
+
+import pytest
+
+jupytext = pytest.importorskip("jupytext")
+nbclient = pytest.importorskip("nbclient")
+
+NOTEBOOK_DIR = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
+KERNEL_NAME = "vsgd-bayes-test-python"
+#: Per-cell limit; the three notebooks together take a few minutes on 2 cores.
+CELL_TIMEOUT_S = 600
+
+
+@pytest.fixture
+def kernel_environment(tmp_path, monkeypatch):
+    """A kernelspec for the running interpreter, found through JUPYTER_PATH."""
+    spec_dir = tmp_path / "jupyter" / "kernels" / KERNEL_NAME
+    spec_dir.mkdir(parents=True)
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "vsgd_bayes test kernel",
+        "language": "python",
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    # Small settings, non-interactive plots, and where the notebook reports its numbers.
+    monkeypatch.delenv("VSGD_NOTEBOOK_FULL", raising=False)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("VSGD_NOTEBOOK_DIR", str(NOTEBOOK_DIR))
+    results_path = tmp_path / "results.json"
+    monkeypatch.setenv("VSGD_NOTEBOOK_RESULTS", str(results_path))
+    work_dir = tmp_path / "run"
+    work_dir.mkdir()
+    return work_dir, results_path
+
+
+def execute_notebook(name: str, kernel_environment) -> dict:
+    """Runs notebooks/<name> and returns the numbers it recorded."""
+    work_dir, results_path = kernel_environment
+    notebook = jupytext.read(NOTEBOOK_DIR / name)
+    client = nbclient.NotebookClient(
+        notebook,
+        timeout=CELL_TIMEOUT_S,
+        kernel_name=KERNEL_NAME,
+        resources={"metadata": {"path": str(work_dir)}},
+    )
+    # execute() raises CellExecutionError (with the cell's traceback) at the first failing cell.
+    client.execute()
+    errors = [
+        output
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+        if output.get("output_type") == "error"
+    ]
+    assert errors == []
+    return json.loads(results_path.read_text())
+
+
+def test_derivation_walkthrough(kernel_environment):
+    results = execute_notebook("01_derivation_walkthrough.py", kernel_environment)
+    for key in ["rmse_observed", "rmse_kalman", "rmse_oracle_streaming", "rmse_vsgd_reference", "rmse_vsgd_paper"]:
+        assert math.isfinite(results[key]) and results[key] > 0.0, key
+    # The Kalman filter is the exact (minimum mean-square error) filter for known precisions,
+    # so over 1800 steps x 8 coordinates no causal filter beats it.
+    for key in ["rmse_oracle_streaming", "rmse_vsgd_reference", "rmse_vsgd_paper"]:
+        assert results[key] > results["rmse_kalman"], key
+    # At this gradient scale (1e-3 drift, 1e-2 noise) both inits filter: they beat the raw
+    # observations and stay within a factor 2.5 of the exact filter (measured: ~1.5-1.7).
+    for init in ["reference", "paper"]:
+        assert results[f"rmse_vsgd_{init}"] < results["rmse_observed"], init
+        assert results[f"rmse_vsgd_{init}"] < 2.5 * results["rmse_kalman"], init
+    # Dropping the uncertainty of mu_{t-1} makes the streaming gain smaller than Kalman's.
+    assert results["oracle_streaming_gain"] < results["kalman_gain"]
+    # The Kalman filter is calibrated by construction (std of z = 1 up to sampling error).
+    assert abs(results["z_std_kalman"] - 1.0) < 0.1
+    # NUTS (unknown precisions) and the Kalman filter (known precisions) see the same 40
+    # observations: their means of g_T differ by less than 3 posterior standard deviations.
+    assert results["nuts_last_sd"] > 0.0
+    gap = abs(results["nuts_last_mean"] - results["kalman_short_last_mean"])
+    assert gap < 3.0 * max(results["nuts_last_sd"], results["kalman_short_last_sd"])
+
+
+def test_validate_against_elbo(kernel_environment):
+    results = execute_notebook("02_validate_against_elbo.py", kernel_environment)
+    # Every exact CAVI update maximises the ELBO over its factor: no decrease beyond float64
+    # round-off of an ELBO of size ~14 (1e-12), and 25 rounds reach cavi_optimum.
+    assert results["cavi_min_increment"] > -1e-12
+    assert 0.0 <= results["cavi_final_gap"] < 1e-8
+    # SVI cannot beat the optimum; it ends within 1e-3 (relative) of it (measured ~5e-5: the
+    # remaining Monte-Carlo jitter of its parameters, ~1 % at the final step size).
+    optimum = results["cavi_optimum_elbo"]
+    assert results["svi_final_elbo"] <= optimum + 1e-9
+    assert optimum - results["svi_final_elbo"] < 1e-3 * abs(optimum)
+    # The natural-gradient step equals the SVI blend to float64 round-off (measured ~2e-15).
+    assert results["natural_gradient_max_error"] < 1e-12
+    # NumPyro's Monte-Carlo ELBO agrees with the closed form within 4 standard errors.
+    assert results["mc_elbo_standard_error"] > 0.0
+    assert abs(results["mc_elbo"] - results["closed_form_elbo"]) < 4.0 * results["mc_elbo_standard_error"]
+    # The same checks as `vsgd-bayes validate`, all passing.
+    assert {check["name"] for check in results["run_checks"]} == {
+        "local_stationary", "global_stationary", "natural_gradient",
+        "coordinate_ascent", "elbo_estimator", "svi_converges",
+    }
+    assert results["run_checks_all_passed"] is True
+    # The optax VSGD and Adam both raise the ELBO of the snippet's SVI problem.
+    assert len(results["snippet"]) >= 2
+    for name, trace in results["snippet"].items():
+        assert math.isfinite(trace["last"]) and trace["last"] > trace["first"], name
+
+
+def test_train_with_vsgd(kernel_environment):
+    results = execute_notebook("03_train_with_vsgd.py", kernel_environment)
+    # An MLP on digits reaches ~0.95-0.98; 0.85 leaves room for seeds and thread counts.
+    for name in ["VSGD", "AdamW", "SGD-momentum"]:
+        assert results["test_accuracy"][name] > 0.85, name
+    # beta_1 = b_ghat / (b_g + b_ghat) lies in (0, 1) for every coordinate.
+    assert 0.0 < results["momentum_min"] <= results["momentum_max"] < 1.0
