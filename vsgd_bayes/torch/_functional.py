@@ -82,6 +82,16 @@ def default_fused(params: List[Tensor]) -> bool:
     return all(fused_is_available(p.device) for p in params)
 
 
+def _local(tensors: List[Tensor]) -> List[Tensor]:
+    """DTensors (FSDP2 shards, replicated tensors) as their local tensors, which alias them.
+
+    VSGD is elementwise and its state is sharded like its parameter, so each rank steps its
+    own shard: no communication is needed, and every path sees plain tensors (a path that
+    flattens its tensors could not flatten an unevenly sharded DTensor).
+    """
+    return [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
+
+
 def _as_real(tensors: List[Tensor]) -> List[Tensor]:
     """Complex tensors as real views (..., 2): independent real and imaginary coordinates."""
     return [torch.view_as_real(t) if torch.is_complex(t) else t for t in tensors]
@@ -120,6 +130,10 @@ def vsgd(
     """
     if foreach and fused:
         raise ValueError("foreach=True and fused=True are mutually exclusive; choose one path")
+    params, grads = _local(params), _local(grads)
+    gradient_means, drift_rates, noise_rates = (
+        _local(gradient_means), _local(drift_rates), _local(noise_rates)
+    )
     if fused is None and foreach is None:
         fused = default_fused(params)
     if foreach is None:

@@ -39,7 +39,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from vsgd_bayes import hyperparameters as hp
-from vsgd_bayes.torch._functional import _as_real, default_foreach
+from vsgd_bayes.torch._functional import _as_real, _local, default_foreach
 from vsgd_bayes.torch._single_tensor import parameter_step_, svi_blend_
 from vsgd_bayes.torch.vsgd import _check_flag, _filled_like, state_dtype
 
@@ -198,6 +198,9 @@ def constant_vsgd(
     """
     if foreach is None:
         foreach = default_foreach(params) if not torch.jit.is_scripting() else False
+    params, grads, gradient_means, rates = (
+        _local(params), _local(grads), _local(gradient_means), _local(rates)
+    )
     tensors = [_as_real(list(ts)) for ts in (params, grads, gradient_means, rates)]
     path = _foreach_constant_vsgd if foreach else _single_tensor_constant_vsgd
     path(
