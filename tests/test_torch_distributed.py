@@ -17,6 +17,7 @@ from __future__ import annotations
 import multiprocessing
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -150,6 +151,7 @@ def assert_relative_close(actual, expected, what):
     assert error <= RELATIVE_TOLERANCE * scale, f"{what}: {error:.3e} > {RELATIVE_TOLERANCE} * {scale:.3e}"
 
 
+@pytest.mark.slow
 def test_ddp_and_fsdp2_match_one_process_and_dcp_checkpoints_resume_exactly(tmp_path):
     results = tmp_path / "results.pt"
     # forkserver: one clean server process (no JAX threads inherited, unlike fork) imports

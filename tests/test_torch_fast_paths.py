@@ -5,14 +5,14 @@ case runs a few steps on a list of tensors of mixed shapes (a zero-size one incl
 starts some parameters late (mixed step counts within one call) and compares the parameters
 and every state entry after every step.
 
-Run on an accelerator with ``python tests/test_torch_fast_paths.py --device cuda``.
+Run on an accelerator with ``python tests/test_torch_fast_paths.py --device cuda`` (or
+``VSGD_TEST_DEVICE=cuda python -m pytest tests/test_torch_fast_paths.py``).
 """
 
 from __future__ import annotations
 
-import math
+import os
 import sys
-import warnings
 
 import jax.numpy as jnp
 import numpy as np
@@ -25,7 +25,7 @@ from vsgd_bayes.torch import _foreach
 from vsgd_bayes.torch._foreach import foreach_vsgd
 from vsgd_bayes.torch._fused import fused_is_available, fused_vsgd
 
-DEVICE = torch.device("cpu")
+DEVICE = torch.device(os.environ.get("VSGD_TEST_DEVICE", "cpu"))
 
 SHAPES = [(3, 4), (7,), (0, 5), (2, 3, 5), (), (1000,)]
 
@@ -221,3 +221,13 @@ def test_foreach_non_contiguous_tensors():
         for a, b in zip(group_contiguous, group_strided):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not strided[0][0].is_contiguous()
+
+
+if __name__ == "__main__":
+    # `--device cuda`: the same parity tests with every tensor on that device.
+    arguments = sys.argv[1:]
+    if "--device" in arguments:
+        position = arguments.index("--device")
+        os.environ["VSGD_TEST_DEVICE"] = arguments[position + 1]
+        del arguments[position : position + 2]
+    sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider", *arguments]))

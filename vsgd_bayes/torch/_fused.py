@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sys
 import warnings
 from collections import defaultdict
 from typing import Dict, List, Optional, Tuple, Union
@@ -94,9 +95,32 @@ def _load_cpu_module():
     return _cpu_module
 
 
+_triton = None
+
+
+def _triton_module():
+    """The Triton kernel module ``csrc/vsgd_triton.py`` (imported once; needs Triton)."""
+    global _triton
+    if _triton is None:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location(
+            "vsgd_bayes.torch._vsgd_triton", _CSRC / "vsgd_triton.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # Triton's JIT looks its functions up by module
+        try:
+            spec.loader.exec_module(module)
+        except Exception:
+            del sys.modules[spec.name]
+            raise
+        _triton = module
+    return _triton
+
+
 def _triton_available() -> bool:
     try:
-        import triton  # noqa: F401
+        _triton_module()
     except Exception:
         return False
     return True
@@ -214,9 +238,7 @@ def fused_vsgd(
             flat_constants = [value for row in constants for value in row]
             _cpu_module.vsgd_step(*work, flat_constants, lr, decay, eps, maximize)
         else:
-            from vsgd_bayes.torch import _fused_triton
-
-            _fused_triton.vsgd_step(*work, constants, lr, decay, eps, maximize)
+            _triton_module().vsgd_step(*work, constants, lr, decay, eps, maximize)
         for group, working in zip(tensors, work):
             for original, copy in zip(group, working):
                 if copy is not original and group is not tensors[1]:

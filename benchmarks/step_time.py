@@ -1,0 +1,279 @@
+"""Step time and transient memory of the VSGD execution paths against torch's Adam.
+
+Paths: VSGD single-tensor / foreach / fused (the functional paths the optimizer dispatches
+to, on shared parameters and state), ``torch.optim.Adam`` (foreach=True and fused=True) and,
+when installed, ``pytorch_optimizer.VSGD`` (third party). Rounds are interleaved in one
+process (round r runs every path once), so a change in the machine's load hits all paths
+alike; we report the minimum and the median per path, and the ratio of minima to fused Adam.
+
+Transient memory is the peak of memory allocated during one step beyond what was allocated
+before it (parameters, gradients and persistent state are allocated before), as a multiple
+of the parameters' size. CPU: torch's profiler with ``profile_memory=True`` reports every
+allocation and free of torch's CPU allocator; the peak of its running total ("Total
+Allocated" of the ``[memory]`` events in the trace) minus its first value is the transient
+peak. CUDA: ``torch.cuda.max_memory_allocated`` minus ``torch.cuda.memory_allocated``
+before the step.
+
+Usage (see benchmarks/README.md)::
+
+    python benchmarks/step_time.py --threads 1 --shapes both --json out.json --png out.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from typing import Callable, Dict, List, Tuple
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from vsgd_bayes import hyperparameters as hp  # noqa: E402
+from vsgd_bayes.torch._foreach import foreach_vsgd  # noqa: E402
+from vsgd_bayes.torch._fused import fused_is_available, fused_vsgd  # noqa: E402
+
+LR = 1e-3  # small, so parameters stay bounded over many benchmark steps
+
+
+def resnet18_shapes() -> List[Tuple[int, ...]]:
+    """Parameter shapes of torchvision's ResNet-18 (11,689,512 values in 62 tensors)."""
+    shapes: List[Tuple[int, ...]] = [(64, 3, 7, 7), (64,), (64,)]
+    in_channels = 64
+    for stage, channels in enumerate([64, 128, 256, 512]):
+        for block in range(2):
+            first_in = in_channels if block == 0 else channels
+            shapes += [(channels, first_in, 3, 3), (channels,), (channels,)]
+            shapes += [(channels, channels, 3, 3), (channels,), (channels,)]
+            if stage > 0 and block == 0:  # downsampling shortcut: 1x1 conv + batch norm
+                shapes += [(channels, in_channels, 1, 1), (channels,), (channels,)]
+        in_channels = channels
+    return shapes + [(1000, 512), (1000,)]
+
+
+def shape_sets(which: str, quick: bool) -> Dict[str, List[Tuple[int, ...]]]:
+    side = 1024 if quick else 4096
+    sets = {"resnet18": resnet18_shapes(), "big": [(side, side)] * 4}
+    if quick:
+        sets["resnet18"] = [s for s in sets["resnet18"] if len(s) == 1] + [(256, 256, 3, 3)]
+    return sets if which == "both" else {which: sets[which]}
+
+
+class Problem:
+    """Parameters with gradients and the VSGD state, shared by every path."""
+
+    def __init__(self, shapes, device, dtype=torch.float32, seed=0):
+        generator = torch.Generator().manual_seed(seed)
+        self.params = [
+            torch.nn.Parameter(torch.randn(s, generator=generator, dtype=dtype).to(device))
+            for s in shapes
+        ]
+        for p in self.params:
+            p.grad = (0.1 * torch.randn(p.shape, generator=generator, dtype=dtype)).to(device)
+        drift, noise = hp.prior_rates(hp.DEFAULTS["prior_strength"], hp.DEFAULTS["variance_ratio"])
+        self.means = [torch.zeros_like(p) for p in self.params]
+        self.drifts = [torch.full_like(p, drift) for p in self.params]
+        self.noises = [torch.full_like(p, noise) for p in self.params]
+        self.steps = [torch.tensor(0.0) for _ in self.params]
+        self.numel = sum(p.numel() for p in self.params)
+        self.bytes = sum(p.numel() * p.element_size() for p in self.params)
+
+    def vsgd(self, path) -> Callable[[], None]:
+        hyper = {k: v for k, v in hp.DEFAULTS.items() if k != "lr"}
+
+        def step():
+            path(
+                [p.data for p in self.params],
+                [p.grad for p in self.params],
+                self.means,
+                self.drifts,
+                self.noises,
+                self.steps,
+                lr=LR,
+                maximize=False,
+                **hyper,
+            )
+
+        return step
+
+
+def make_paths(problem: Problem, device: torch.device) -> Dict[str, Callable[[], None]]:
+    paths: Dict[str, Callable[[], None]] = {}
+    adam_fused = torch.optim.Adam(problem.params, lr=LR, fused=True)
+    adam_foreach = torch.optim.Adam(problem.params, lr=LR, foreach=True)
+    paths["adam_fused"] = adam_fused.step
+    paths["adam_foreach"] = adam_foreach.step
+    try:
+        from vsgd_bayes.torch._single_tensor import single_tensor_vsgd
+    except Exception as error:  # the single-tensor path lives in another module
+        print(f"# single-tensor VSGD unavailable: {error}")
+    else:
+        paths["vsgd_single_tensor"] = problem.vsgd(single_tensor_vsgd)
+    paths["vsgd_foreach"] = problem.vsgd(foreach_vsgd)
+    if fused_is_available(device):
+        paths["vsgd_fused"] = problem.vsgd(fused_vsgd)
+    try:
+        import pytorch_optimizer
+
+        third_party = pytorch_optimizer.VSGD(problem.params, lr=LR)
+        third_party.step()  # creates its state outside the timed rounds
+    except Exception as error:
+        print(f"# pytorch_optimizer.VSGD unavailable: {type(error).__name__}: {error}")
+    else:
+        paths["pytorch_optimizer_vsgd"] = third_party.step
+    return paths
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def transient_memory(step: Callable[[], None], device: torch.device) -> int:
+    """Peak bytes allocated during one step beyond those allocated before it."""
+    if device.type == "cuda":
+        _synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        _synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as profiler:
+        step()
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "trace.json")
+        profiler.export_chrome_trace(path)
+        with open(path) as file:
+            events = json.load(file)["traceEvents"]
+    totals = [
+        e["args"]["Total Allocated"]
+        for e in events
+        if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type") == 0
+    ]
+    if not totals:
+        return 0
+    first = totals[0] - events_bytes_first(events)
+    return max(0, max(totals) - first)
+
+
+def events_bytes_first(events) -> int:
+    # "Total Allocated" is reported after the allocation it belongs to: the total before the
+    # first event is its value minus that event's own bytes.
+    for e in events:
+        if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type") == 0:
+            return e["args"]["Bytes"]
+    return 0
+
+
+def benchmark(shapes, device, rounds) -> Dict[str, Dict[str, float]]:
+    problem = Problem(shapes, device)
+    paths = make_paths(problem, device)
+    for step in paths.values():  # warm-up: state creation, kernel build/compile, caches
+        step()
+        step()
+    times: Dict[str, List[float]] = {name: [] for name in paths}
+    for _ in range(rounds):
+        for name, step in paths.items():
+            _synchronize(device)
+            start = time.perf_counter()
+            step()
+            _synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    reference = min(times["adam_fused"])
+    results = {}
+    for name, step in paths.items():
+        memory = transient_memory(step, device)
+        results[name] = {
+            "min_ms": 1e3 * min(times[name]),
+            "median_ms": 1e3 * statistics.median(times[name]),
+            "ratio_to_fused_adam": min(times[name]) / reference,
+            "transient_memory_x_params": memory / problem.bytes,
+        }
+    results["_problem"] = {"tensors": len(shapes), "values": problem.numel}
+    return results
+
+
+def print_table(name: str, results) -> None:
+    info = results["_problem"]
+    print(f"\n{name}: {info['values']:,} values in {info['tensors']} tensors")
+    print(f"{'path':<24}{'min ms':>10}{'median ms':>11}{'x fused Adam':>14}{'transient x params':>20}")
+    for path, r in results.items():
+        if path.startswith("_"):
+            continue
+        print(
+            f"{path:<24}{r['min_ms']:>10.2f}{r['median_ms']:>11.2f}"
+            f"{r['ratio_to_fused_adam']:>14.2f}{r['transient_memory_x_params']:>20.3f}"
+        )
+
+
+def plot(all_results, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(all_results), figsize=(6 * len(all_results), 4))
+    axes = [axes] if len(all_results) == 1 else axes
+    for axis, (name, results) in zip(axes, all_results.items()):
+        names = [k for k in results if not k.startswith("_")]
+        ratios = [results[k]["ratio_to_fused_adam"] for k in names]
+        bars = axis.barh(names, ratios, color=["tab:gray" if "adam" in k else "tab:blue" for k in names])
+        for bar, k in zip(bars, names):
+            axis.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
+                      f" {results[k]['min_ms']:.1f} ms", va="center", fontsize=8)
+        axis.axvline(1.0, color="black", linewidth=0.8)
+        axis.set_xlabel("step time / fused Adam (min over rounds)")
+        axis.set_title(name)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--shapes", default="both", choices=["resnet18", "big", "both"])
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
+    parser.add_argument("--quick", action="store_true", help="small shapes, 3 rounds (smoke test)")
+    parser.add_argument("--json", default=None, help="write the results to this JSON file")
+    parser.add_argument("--png", default=None, help="write a bar chart to this PNG file")
+    args = parser.parse_args(argv)
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    rounds = args.rounds or (3 if args.quick else 20)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    header = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "rounds": rounds,
+        "load_average_before": load,
+        "dtype": "float32",
+    }
+    print("# " + json.dumps(header))
+    all_results = {}
+    for name, shapes in shape_sets(args.shapes, args.quick).items():
+        all_results[name] = benchmark(shapes, device, rounds)
+        print_table(name, all_results[name])
+    header["load_average_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump({"setup": header, "results": all_results}, file, indent=2)
+    if args.png:
+        plot(all_results, args.png, f"VSGD step time, {header['device']}, {header['threads']} threads")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
