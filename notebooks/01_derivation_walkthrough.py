@@ -49,6 +49,7 @@ NUTS_WARMUP, NUTS_SAMPLES = (1000, 2000) if FULL else (300, 300)
 RESULTS_PATH = os.environ.get("VSGD_NOTEBOOK_RESULTS")
 
 # %%
+import functools
 import json
 
 import jax
@@ -99,8 +100,9 @@ print("stream shape (steps, coordinates):", observed_gradients.shape)
 
 
 # %%
-def run_streaming_posterior(observed, init, prior_strength=PRIOR_STRENGTH):
-    """Scans rule.posterior_update over observed (T, C); returns a dict of (T, C) arrays."""
+@functools.partial(jax.jit, static_argnames=("init", "prior_strength"))
+def scan_posterior_update(observed, init, prior_strength):
+    """rule.posterior_update over the rows of observed (T, C): (mu_t, sigma_t^2, b_g, b_ghat)."""
     state = rule.init_state(jnp.zeros(observed.shape[1:]), prior_strength, VARIANCE_RATIO)
 
     def one_step(state, gradient):
@@ -113,8 +115,14 @@ def run_streaming_posterior(observed, init, prior_strength=PRIOR_STRENGTH):
         )
         return state, (state.gradient_mean, gradient_variance, state.drift_rate, state.noise_rate)
 
-    _, (mean, variance, drift_rate, noise_rate) = jax.lax.scan(
-        one_step, state, jnp.asarray(observed)
+    _, trajectory = jax.lax.scan(one_step, state, observed)
+    return trajectory
+
+
+def run_streaming_posterior(observed, init, prior_strength=PRIOR_STRENGTH):
+    """The streaming posterior over a stream (T, C), as a dict of (T, C) NumPy arrays."""
+    mean, variance, drift_rate, noise_rate = scan_posterior_update(
+        jnp.asarray(observed), init, prior_strength
     )
     shape = hp.posterior_shape(prior_strength, init)
     return {

@@ -218,12 +218,12 @@ results["momentum_median"] = float(np.median(all_momentum))
 # signal-to-noise ratio above 1: late in training VSGD's steps are much smaller than $\eta$,
 # which is how it anneals without a learning-rate schedule.
 #
-# The sharp spike of the ratio near 1.76 (a quarter to a third of the hidden weights) collects coordinates
-# whose gradients stay small against their posterior standard deviation $\sigma_t$: weights of
-# the always-blank border pixels, of dead ReLU units, and other nearly idle weights. For them
-# both rate targets are $\approx \frac12\sigma_t^2$, so the ratio is set by the two step-size
-# schedules ($\kappa_1 = 0.81 \ne \kappa_2 = 0.9$) and the start, not by data: read that
-# spike as "no information", not as a learned noise level.
+# The sharp spike of the ratio near 1.76 (a quarter to a third of the hidden weights) collects
+# coordinates whose gradients stay small against their posterior standard deviation $\sigma_t$:
+# weights of the always-blank border pixels, of dead ReLU units, and other nearly idle
+# weights. For them both rate targets are $\approx \frac12\sigma_t^2$, so the ratio is set by
+# the two step-size schedules ($\kappa_1 = 0.81 \ne \kappa_2 = 0.9$) and the start, not by
+# data: read that spike as "no information", not as a learned noise level.
 
 # %%
 if RESULTS_PATH:
