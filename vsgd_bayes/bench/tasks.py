@@ -29,6 +29,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
@@ -209,15 +210,18 @@ def stdlib_text(modules: Tuple[str, ...] = STDLIB_MODULES, max_chars: int = 400_
     kept (re-exports would repeat text); the result depends only on the Python version.
     """
     pieces: List[str] = []
-    for module_name in modules:
-        module = importlib.import_module(module_name)
-        pieces.append(inspect.getdoc(module) or "")
-        for name in sorted(vars(module)):
-            member = vars(module)[name]
-            if name.startswith("_") or getattr(member, "__module__", None) != module.__name__:
-                continue
-            if inspect.isclass(member) or inspect.isfunction(member):
-                pieces.append(inspect.getdoc(member) or "")
+    with warnings.catch_warnings():
+        # Touching deprecated members (e.g. typing.io) warns; reading their docstrings is harmless.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for module_name in modules:
+            module = importlib.import_module(module_name)
+            pieces.append(inspect.getdoc(module) or "")
+            for name in sorted(vars(module)):
+                member = vars(module)[name]
+                if name.startswith("_") or getattr(member, "__module__", None) != module.__name__:
+                    continue
+                if inspect.isclass(member) or inspect.isfunction(member):
+                    pieces.append(inspect.getdoc(member) or "")
     text = "\n\n".join(piece for piece in pieces if piece)
     return text[:max_chars]
 
