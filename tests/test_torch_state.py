@@ -32,6 +32,8 @@ SCRIPT_HEADER = textwrap.dedent(
     import sys, torch
     from vsgd_bayes.torch import VSGD, ConstantVSGD
 
+    torch.set_num_threads(1)  # 2 intra-op threads on a busy 2-core machine only fight
+
     def make(name, options, foreach):
         torch.manual_seed(0)
         params = [torch.nn.Parameter(torch.randn(4, 3, dtype=torch.float64)),
