@@ -12,8 +12,8 @@ from vsgd_bayes.torch import VSGD
 
 #: Inductor generates its own C++ for the elementwise chain and may contract a*b + c into a
 #: fused multiply-add, and under compile the scalars a and rho_t are computed from the step
-#: tensor in float32 instead of Python float64: float32 values of order 1 after a few steps
-#: agree to a few ulps, i.e. ~1e-6 relative; 1e-5 leaves a margin.
+#: tensor in the state dtype (float32 here) instead of Python float64: float32 values after a
+#: few steps agree to a few ulps (~1e-6 relative); 1e-5 leaves a margin.
 RELATIVE_TOLERANCE = 1e-5
 
 

@@ -434,3 +434,14 @@ def test_default_path_is_foreach_and_matches_single_tensor():
     params = make_params(seed=27)
     assert _functional.default_foreach(params)
     assert not _functional.default_fused(params)  # fused is only chosen when declared safe
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import vsgd_bayes.torch as package
+    from vsgd_bayes.torch import constant, vsgd
+
+    for module in (package, vsgd, constant):
+        failures, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert attempted > 0 and failures == 0, module.__name__

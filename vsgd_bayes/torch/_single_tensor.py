@@ -37,12 +37,12 @@ def step_scalars(
     ``dtype`` computed from ``step_t`` (reading a Python number off a tensor breaks the graph).
     """
     if torch.compiler.is_compiling():
-        step = step_t.to(dtype)
+        step = step_t.to(dtype)  # an exact integer in any float dtype up to 2^24
         shape = torch.where(
             step <= 1,
-            hp.prior_shape(prior_strength, init),
-            hp.posterior_shape(prior_strength, init),
-        ).to(dtype)
+            torch.scalar_tensor(hp.prior_shape(prior_strength, init), dtype=dtype),
+            torch.scalar_tensor(hp.posterior_shape(prior_strength, init), dtype=dtype),
+        )
     else:
         step = step_t.item()
         shape = hp.shape_before_step(step, prior_strength, init)

@@ -68,8 +68,10 @@ def _step_scalars(step_t: Tensor, prior_strength: float, kappa: float, init: str
     if torch.compiler.is_compiling():
         step = step_t.to(dtype)
         shape = torch.where(
-            step <= 1, hp.prior_shape(prior_strength, init), posterior_shape(prior_strength, init)
-        ).to(dtype)
+            step <= 1,
+            torch.scalar_tensor(hp.prior_shape(prior_strength, init), dtype=dtype),
+            torch.scalar_tensor(posterior_shape(prior_strength, init), dtype=dtype),
+        )
     else:
         step = step_t.item()
         shape = (
