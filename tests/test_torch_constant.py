@@ -96,7 +96,8 @@ def test_gradient_mean_is_adams_first_moment_for_k_9_up_to_rounding():
         constant.step()
         adam.step()
     # values of order 1, a few float64 roundings per step that the EMA contracts: 1e-14
-    assert torch.allclose(constant.state[ours]["gradient_mean"], adam.state[adams]["exp_avg"], rtol=0, atol=1e-14)
+    mean, exp_avg = constant.state[ours]["gradient_mean"], adam.state[adams]["exp_avg"]
+    assert torch.allclose(mean, exp_avg, rtol=0, atol=1e-14)
 
 
 @pytest.mark.parametrize("first_gradient_is_zero", [True, False])

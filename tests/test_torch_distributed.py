@@ -148,7 +148,7 @@ def free_port() -> int:
 def assert_relative_close(actual, expected, what):
     scale = expected.abs().max()
     error = (actual - expected).abs().max()
-    assert error <= RELATIVE_TOLERANCE * scale, f"{what}: {error:.3e} > {RELATIVE_TOLERANCE} * {scale:.3e}"
+    assert error <= RELATIVE_TOLERANCE * scale, f"{what}: {error:.3e} vs scale {scale:.3e}"
 
 
 @pytest.mark.slow

@@ -250,7 +250,7 @@ def test_fast_paths_match_the_single_tensor_path(case, path, dtype):
         assert fused_available_on_cpu()  # never a silent skip (see the test above)
     options = FAST_PATH_CASES[case]
     expected_params, expected_states = run_case(options, dtype, foreach=False, fused=False)
-    paths = dict(foreach=True, fused=False) if path == "foreach" else dict(foreach=False, fused=True)
+    paths = dict(foreach=path == "foreach", fused=path == "fused")
     params, states = run_case(options, dtype, **paths)
     rtol = FAST_PATH_RELATIVE_TOLERANCE[dtype]
     for i, (param, expected) in enumerate(zip(params, expected_params)):

@@ -11,10 +11,9 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 import torch
 
-from vsgd_bayes.torch import VSGD, ConstantVSGD
+from vsgd_bayes.torch import VSGD
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -57,7 +56,11 @@ SCRIPT_HEADER = textwrap.dedent(
 
 # The fresh process also proves that the torch front end needs no JAX: any import of jax
 # (or jaxlib, optax, numpyro) there raises ImportError.
-BLOCK_JAX = "import sys\nfor name in ('jax', 'jaxlib', 'optax', 'numpyro'):\n    sys.modules[name] = None\n"
+BLOCK_JAX = (
+    "import sys\n"
+    "for name in ('jax', 'jaxlib', 'optax', 'numpyro'):\n"
+    "    sys.modules[name] = None\n"
+)
 
 CONTINUE_SCRIPT = BLOCK_JAX + SCRIPT_HEADER + textwrap.dedent(
     """
@@ -71,7 +74,9 @@ CONTINUE_SCRIPT = BLOCK_JAX + SCRIPT_HEADER + textwrap.dedent(
         for key, value in options.items():
             assert optimizer.param_groups[0][key] == value, key
         train(params, optimizer, k, total)
-        torch.save({"params": [p.detach() for p in params], "optimizer": optimizer.state_dict()}, out)
+        torch.save(
+            {"params": [p.detach() for p in params], "optimizer": optimizer.state_dict()}, out
+        )
     """
 )
 

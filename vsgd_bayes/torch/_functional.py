@@ -157,7 +157,9 @@ def vsgd(
         fused_module = _fused_module()
         for device in {t.device for t in tensors[0]}:
             if not fused_module.fused_is_available(device):
-                raise RuntimeError(f"fused=True: the fused VSGD kernel is not available on {device}")
+                raise RuntimeError(
+                    f"fused=True: the fused VSGD kernel is not available on {device}"
+                )
         path = fused_module.fused_vsgd
     elif foreach:
         path = _foreach_module().foreach_vsgd

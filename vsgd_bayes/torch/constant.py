@@ -88,7 +88,9 @@ def _single_tensor_constant_vsgd(
 ) -> None:
     gain = 1.0 / (1.0 + variance_ratio)  # k = 1 / (1 + K_g)
     precision_factor = 1.0 + 1.0 / variance_ratio
-    for param, grad, gradient_mean, rate, step_t in zip(params, grads, gradient_means, rates, steps):
+    for param, grad, gradient_mean, rate, step_t in zip(
+        params, grads, gradient_means, rates, steps
+    ):
         dtype = gradient_mean.dtype
         step_t += 1
         shape, step_size = _step_scalars(step_t, prior_strength, kappa, init, dtype)

@@ -20,7 +20,9 @@ from vsgd_bayes.torch._functional import _fused_module, vsgd
 __all__ = ["VSGD", "GradientPosterior", "state_dtype"]
 
 #: Hyperparameters of a VSGD param group that :func:`validate_hyperparameters` checks.
-_VALIDATED = ("lr", "variance_ratio", "prior_strength", "kappa1", "kappa2", "weight_decay", "eps", "init")
+_VALIDATED = (
+    "lr", "variance_ratio", "prior_strength", "kappa1", "kappa2", "weight_decay", "eps", "init"
+)
 
 
 def state_dtype(param_dtype: torch.dtype) -> torch.dtype:
