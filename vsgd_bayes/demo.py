@@ -37,6 +37,7 @@ def train_demo(steps: int, seeds: int = 1, threads: Optional[int] = 1) -> List[d
     """
     import statistics
 
+    import numpy as np
     import torch
 
     from vsgd_bayes.bench.optimizers import LABELS
@@ -61,9 +62,10 @@ def train_demo(steps: int, seeds: int = 1, threads: Optional[int] = 1) -> List[d
             "lr": lr,
             "test_accuracies": accuracies,
             "test_losses": losses,
-            "test_accuracy": statistics.fmean(accuracies),
-            "test_accuracy_std": statistics.stdev(accuracies) if seeds > 1 else 0.0,
-            "test_loss": statistics.fmean(losses),
+            # numpy, not statistics: a diverged run's NaN must propagate, not raise.
+            "test_accuracy": float(np.mean(accuracies)),
+            "test_accuracy_std": float(np.std(accuracies, ddof=1)) if seeds > 1 else 0.0,
+            "test_loss": float(np.mean(losses)),
             "seconds": time.perf_counter() - started,
             "ms_per_step": statistics.fmean(run["ms_per_step"] for run in runs),
             # Diverged: a non-finite loss, or no better than the untrained model on test.
