@@ -451,3 +451,18 @@ def test_docstring_examples_run():
     for module in (package, vsgd, constant):
         failures, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert attempted > 0 and failures == 0, module.__name__
+
+
+def test_fused_step_on_a_device_without_the_kernel_fails_before_any_change(monkeypatch):
+    from vsgd_bayes.torch import _fused
+
+    first, second = make_params(seed=29)
+    optimizer = VSGD([{"params": [first]}, {"params": [second], "fused": True}])
+    monkeypatch.setattr(_fused, "fused_is_available", lambda device: False)
+    for p in (first, second):
+        p.grad = torch.ones_like(p)
+    before = snapshot(optimizer, [first, second])
+    with pytest.raises(RuntimeError, match=r"fused=True: the fused VSGD kernel is not available"):
+        optimizer.step()
+    assert_unchanged(before, snapshot(optimizer, [first, second]))
+    assert len(optimizer.state) == 0  # not even the first group's state was created
