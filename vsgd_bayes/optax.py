@@ -313,7 +313,7 @@ def vsgd(
         >>> optimizer = vsgd(learning_rate=0.1)
         >>> params = {"w": jnp.zeros(2)}
         >>> state = optimizer.init(params)
-        >>> for _ in range(200):
+        >>> for _ in range(500):
         ...     updates, state = optimizer.update(jax.grad(loss)(params), state, params)
         ...     params = optax.apply_updates(params, updates)
         >>> bool(jnp.allclose(params["w"], 3.0, atol=0.1))
