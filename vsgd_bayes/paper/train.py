@@ -211,7 +211,9 @@ def train(
     running = {"loss_sum": 0.0, "count": 0}
     checkpoint_path = os.path.join(checkpoint_dir, CHECKPOINT_NAME) if checkpoint_dir else None
     if checkpoint_path and os.path.exists(checkpoint_path):
-        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        # Loaded on the CPU: the RNG states must stay CPU byte tensors; load_state_dict copies
+        # the weights and the optimizer state onto the parameters' device.
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         if checkpoint["config"] != config.as_dict():
             differing = sorted(k for k in config.as_dict() if checkpoint["config"].get(k) != config.as_dict()[k])
             raise ValueError(
