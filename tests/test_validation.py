@@ -1,0 +1,62 @@
+"""Tests of vsgd_bayes.validation: the checks pass, the CLI writes JSON, broken updates fail."""
+
+import json
+
+import jax.numpy as jnp
+import pytest
+
+from vsgd_bayes import rule, validation
+from vsgd_bayes.elbo import one_step_elbo, one_step_elbo_terms
+
+
+def test_cli_passes_and_writes_json(tmp_path, capsys):
+    path = tmp_path / "validate.json"
+    assert validation.main(["--json", str(path)]) == 0
+    checks = json.loads(path.read_text())["checks"]
+    assert [c["name"] for c in checks] == list(validation.CHECKS)
+    for check in checks:
+        assert {"name", "cases", "worst_error", "tolerance", "passed"} <= set(check)
+        assert check["passed"] is True and check["cases"] >= 50
+    assert "all checks passed" in capsys.readouterr().out
+
+
+def _wrong_weights(gradient_mean_prev, drift_rate, noise_rate, gradient, shape):
+    # Swapped precisions: the classic bug.
+    return rule.local_update(gradient_mean_prev, noise_rate, drift_rate, gradient, shape)
+
+
+def _wrong_targets(mean, variance, mean_prev, gradient, prior_strength, variance_ratio):
+    drift, noise = rule.global_targets(mean, variance, mean_prev, gradient, prior_strength,
+                                       variance_ratio)
+    return drift, noise + 0.5 * variance  # a full sigma^2 instead of half
+
+
+def _wrong_blend(rate, target, step_size):
+    return (1.0 - step_size) * rate + step_size**2 * target
+
+
+def _wrong_elbo(q, *problem):
+    # Forgot the entropy of q(g), 1/2 ln(2 pi e sigma^2).
+    return one_step_elbo(q, *problem) - jnp.sum(one_step_elbo_terms(q, *problem).gradient_entropy)
+
+
+@pytest.mark.parametrize("check, updates", [
+    ("local_stationary", validation.Updates(local_update=_wrong_weights)),
+    ("global_stationary", validation.Updates(global_targets=_wrong_targets)),
+    ("natural_gradient", validation.Updates(global_targets=_wrong_targets)),
+    ("natural_gradient", validation.Updates(svi_blend=_wrong_blend)),
+    ("coordinate_ascent", validation.Updates(local_update=_wrong_weights)),
+    ("elbo_estimator", validation.Updates(one_step_elbo=_wrong_elbo)),
+])
+def test_broken_update_fails_its_check(check, updates):
+    (result,) = validation.run_checks(seed=1, cases=20, updates=updates, only=[check])
+    assert not result.passed, result
+    (correct,) = validation.run_checks(seed=1, cases=20, only=[check])
+    assert correct.passed, correct
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match=r"Invalid cases: 0"):
+        validation.run_checks(0, 0)
+    with pytest.raises(ValueError, match=r"Invalid only: \['nope'\]"):
+        validation.run_checks(0, 5, only=["nope"])
