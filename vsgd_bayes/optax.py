@@ -11,9 +11,11 @@ Conventions of this front end (each one tested in ``tests/test_optax.py``):
 
 * **Per-leaf step counts.** ``ScaleByVSGDState.step`` is a pytree with one int32 counter per
   leaf, so leaves are independent, as in the authors' per-parameter counter: a leaf whose
-  gradient is ``None`` is skipped (its state is unchanged and its update is ``None``), and a
-  leaf first updated late goes through the step-1 branch then. Leaves masked out with
-  :func:`optax.masked` have no state at all (``optax.MaskedNode``).
+  gradient is ``None`` is skipped (its state is unchanged and its update is ``None``; note
+  that :func:`optax.apply_updates` does not accept ``None`` updates, so skip them with
+  ``jax.tree.map(..., is_leaf=lambda x: x is None)``), and a leaf first updated late goes
+  through the step-1 branch then. Leaves masked out with :func:`optax.masked` have no state
+  at all (``optax.MaskedNode``).
 * **Complex leaves** are pairs of real coordinates (real part, imaginary part): their state is
   real, with a trailing axis of size 2 (``[..., 0]`` real, ``[..., 1]`` imaginary), and the
   result equals running VSGD on the real pair. Note that :func:`jax.grad` of a real loss with
@@ -28,6 +30,11 @@ Conventions of this front end (each one tested in ``tests/test_optax.py``):
 * **Validation** happens when the transformation is built, never inside jitted code; values
   that are already traced (e.g. hyperparameters injected by :func:`optax.inject_hyperparams`
   under ``jax.jit``) cannot be checked and are passed through.
+* **inject_hyperparams.** ``optax.inject_hyperparams(vsgd)(learning_rate=...)`` works; under
+  ``jax.jit`` gamma must stay concrete (the shapes a_0, a are Python floats computed by
+  :mod:`vsgd_bayes.hyperparameters`), so write ``optax.inject_hyperparams(vsgd,
+  static_args=("prior_strength",))`` (add ``"variance_ratio"`` if ``init`` is jitted too);
+  a traced gamma raises a ``TypeError`` saying so.
 
 References:
     Chen, Kuzina, Esmaeili & Tomczak, "Variational Stochastic Gradient Descent for Deep
