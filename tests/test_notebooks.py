@@ -14,10 +14,9 @@ import math
 import pathlib
 import sys
 
+import jupytext
+import nbclient
 import pytest
-
-jupytext = pytest.importorskip("jupytext")
-nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOK_DIR = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
 KERNEL_NAME = "vsgd-bayes-test-python"
