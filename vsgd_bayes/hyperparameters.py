@@ -199,10 +199,11 @@ class VSGDHyperparameters:
 
 def prior_shape(prior_strength: float, init: str = DEFAULTS["init"]) -> float:
     """Shape a_0 of both Gamma priors: gamma (paper) or gamma + 5e-5 (reference)."""
+    # No float() here: JAX callers pass traced values (e.g. under optax.inject_hyperparams).
     if init == "paper":
-        return float(prior_strength)
+        return prior_strength
     if init == "reference":
-        return float(prior_strength) + REFERENCE_SHAPE_OFFSET
+        return prior_strength + REFERENCE_SHAPE_OFFSET
     raise ValueError(f"Invalid init: {init!r} (must be one of {INITS})")
 
 
@@ -223,7 +224,7 @@ def shape_before_step(step: int, prior_strength: float, init: str = DEFAULTS["in
 
 def prior_rates(prior_strength: float, variance_ratio: float) -> Tuple[float, float]:
     """Rates (b_{0,g}, b_{0,g_hat}) = (gamma, K_g * gamma) of the two Gamma priors."""
-    return float(prior_strength), float(variance_ratio) * float(prior_strength)
+    return prior_strength, variance_ratio * prior_strength
 
 
 def step_sizes(step: Any, kappa1: float, kappa2: float) -> Tuple[Any, Any]:

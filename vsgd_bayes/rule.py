@@ -162,6 +162,10 @@ def parameter_step(params, gradient_mean, gradient_variance, lr, weight_decay, e
     Weight decay is decoupled and applied first, with the current learning rate, as in the
     authors' code; the gradient fed to the model does not include it.
     """
+    # A schedule may hand a float32 learning rate to float64 parameters: compute in the
+    # parameters' dtype rather than let JAX's promotion round (1 - lr * weight_decay).
+    lr = jnp.asarray(lr, params.dtype)
+    weight_decay = jnp.asarray(weight_decay, params.dtype)
     decayed = params * (1.0 - lr * weight_decay)
     return decayed - lr * normalized_direction(gradient_mean, gradient_variance, eps)
 
