@@ -30,11 +30,10 @@ Conventions of this front end (each one tested in ``tests/test_optax.py``):
 * **Validation** happens when the transformation is built, never inside jitted code; values
   that are already traced (e.g. hyperparameters injected by :func:`optax.inject_hyperparams`
   under ``jax.jit``) cannot be checked and are passed through.
-* **inject_hyperparams.** ``optax.inject_hyperparams(vsgd)(learning_rate=...)`` works; under
-  ``jax.jit`` gamma must stay concrete (the shapes a_0, a are Python floats computed by
-  :mod:`vsgd_bayes.hyperparameters`), so write ``optax.inject_hyperparams(vsgd,
-  static_args=("prior_strength",))`` (add ``"variance_ratio"`` if ``init`` is jitted too);
-  a traced gamma raises a ``TypeError`` saying so.
+* **inject_hyperparams.** ``optax.inject_hyperparams(vsgd)(learning_rate=...)`` works, also
+  under ``jax.jit``: every hyperparameter, gamma and K_g included, may be traced (the shapes
+  a_0, a are computed from gamma by :mod:`vsgd_bayes.hyperparameters` with plain arithmetic);
+  only ``init`` must stay static.
 
 References:
     Chen, Kuzina, Esmaeili & Tomczak, "Variational Stochastic Gradient Descent for Deep
@@ -171,13 +170,6 @@ def scale_by_vsgd(
         Chen, Kuzina, Esmaeili & Tomczak, "Variational Stochastic Gradient Descent for Deep
         Neural Networks", 2024, Algorithm 1, https://arxiv.org/abs/2404.06549
     """
-    if _is_traced(prior_strength):
-        # The shapes a_0, a are computed from gamma in Python floats
-        # (vsgd_bayes.hyperparameters.prior_shape), so gamma must be a concrete value.
-        raise TypeError(
-            "Invalid prior_strength: a traced value (must be concrete); with "
-            "optax.inject_hyperparams use static_args=('prior_strength',)"
-        )
     _validate(
         variance_ratio=variance_ratio,
         prior_strength=prior_strength,
@@ -188,13 +180,6 @@ def scale_by_vsgd(
     )
 
     def init_leaf(param):
-        if _is_traced(variance_ratio):
-            # The prior rates (gamma, K_g gamma) are Python floats, see prior_strength above.
-            raise TypeError(
-                "Invalid variance_ratio: a traced value when building the state (must be "
-                "concrete); with optax.inject_hyperparams use "
-                "static_args=('prior_strength', 'variance_ratio') or call init outside jit"
-            )
         leaf_state = rule.init_state(
             _as_real(jnp.asarray(param)),
             prior_strength=prior_strength,
