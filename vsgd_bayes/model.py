@@ -54,6 +54,7 @@ __all__ = [
     "resolve_prior_shape",
     "one_step_model",
     "one_step_guide",
+    "default_guide_start",
     "sequential_model",
     "simulate_gradient_stream",
 ]
@@ -163,7 +164,7 @@ def one_step_guide(
     init: Optional[str] = None,
     initial: Optional[OneStepVariational] = None,
 ):
-    r"""Mean-field guide q(g) = N(mu, sigma^2), q(w_g) = Gamma(a_g, b_g), q(w_ghat) = Gamma(a_ghat, b_ghat).
+    r"""Mean-field guide: q(g) = N(mu, sigma^2), q(w_g) = Gamma(a_g, b_g), q(w_ghat) likewise.
 
     Parameters (``numpyro.param`` names): ``gradient_mean`` (mu), ``gradient_scale`` (sigma,
     positive), ``drift_shape``, ``drift_rate``, ``noise_shape``, ``noise_rate`` (positive).

@@ -492,7 +492,7 @@ def _draw_svi_cases(seed: int, cases: int) -> Dict[str, np.ndarray]:
 
 
 def _distance(q: OneStepVariational, optimum: OneStepVariational):
-    """Per case: max of |mu - mu*| / sigma* and |ln x - ln x*| over sigma, a_g, b_g, a_ghat, b_ghat."""
+    """Per case: max of |mu - mu*| / sigma* and |ln x - ln x*| for sigma and the Gammas."""
     parts = [jnp.abs(q.gradient_mean - optimum.gradient_mean) / jnp.sqrt(optimum.gradient_variance),
              0.5 * jnp.abs(jnp.log(q.gradient_variance / optimum.gradient_variance))]
     for name in ("drift_shape", "drift_rate", "noise_shape", "noise_rate"):
@@ -565,8 +565,8 @@ def _check_svi_converges(seed, cases, updates: Updates) -> CheckResult:
     # but the slowest ones (small gain k, Gamma shapes ~1 whose Monte-Carlo gradients are
     # noisy) are still approaching at ~0.4 after 1500 steps x 4 particles (8 particles: 0.45,
     # i.e. the lag is not particle noise alone). Each sample costs ~50 us on CPU (Gamma
-    # sampling and its reparameterised gradient), so more steps break the time budget. A wrong optimum (e.g. a wrong target) sits
-    # at O(1) from the CAVI point in these units. Tightening needs a cheaper estimator.
+    # sampling and its reparameterised gradient), so more steps break the time budget.
+    # This tolerance is loose: no test yet shows that a wrong CAVI fixed point fails it.
     return CheckResult(
         "svi_converges",
         cases,
