@@ -47,6 +47,8 @@ def _wrong_elbo(q, *problem):
     ("natural_gradient", validation.Updates(svi_blend=_wrong_blend)),
     ("coordinate_ascent", validation.Updates(local_update=_wrong_weights)),
     ("elbo_estimator", validation.Updates(one_step_elbo=_wrong_elbo)),
+    ("svi_converges", validation.Updates(local_update=_wrong_weights)),
+    ("svi_converges", validation.Updates(global_targets=_wrong_targets)),
 ])
 def test_broken_update_fails_its_check(check, updates):
     (result,) = validation.run_checks(seed=1, cases=20, updates=updates, only=[check])

@@ -261,6 +261,8 @@ def cavi_optimum(
     *,
     max_iterations: int = 100_000,
     relative_tolerance: float = 1e-14,
+    local_update=rule.local_update,
+    global_targets=rule.global_targets,
 ) -> OneStepVariational:
     r"""Optimum of the one-step ELBO by coordinate ascent (local, then global with rho = 1).
 
@@ -283,6 +285,8 @@ def cavi_optimum(
         initial: starting point, or None for the prior.
         max_iterations: maximum number of rounds.
         relative_tolerance: stop when max |Δb|/b over both rates and all coordinates is below.
+        local_update, global_targets: the closed-form updates iterated (test hooks; default
+            the rule's), so that a broken update moves "the optimum" that SVI must reach.
 
     Returns:
         The :class:`OneStepVariational` at the fixed point.
@@ -311,9 +315,15 @@ def cavi_optimum(
                                                     gradient.shape) for x in initial))
 
     def one_round(q):
-        q = local_step(q, gradient_mean_prev, gradient)
+        q = local_step(q, gradient_mean_prev, gradient, local_update=local_update)
         return global_step(
-            q, gradient_mean_prev, gradient, prior_strength, variance_ratio, prior_shape
+            q,
+            gradient_mean_prev,
+            gradient,
+            prior_strength,
+            variance_ratio,
+            prior_shape,
+            global_targets=global_targets,
         )
 
     def relative_change(old, new):

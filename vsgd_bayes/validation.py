@@ -76,7 +76,7 @@ TOLERANCES: Dict[str, float] = {
     # Largest |z| over the cases (see _check_elbo_estimator for the false-alarm rate).
     "elbo_estimator": 4.0,
     # Largest distance to the optimum, from 3.0 at the start (see _check_svi_converges).
-    "svi_converges": 0.5,
+    "svi_converges": 0.2,
 }
 
 
@@ -460,9 +460,9 @@ def _check_elbo_estimator(seed, cases, updates: Updates) -> CheckResult:
 # Check 6: NumPyro SVI converges to the CAVI optimum
 # --------------------------------------------------------------------------------------------
 
-_SVI_STEPS = 1500
+_SVI_STEPS = 2500
 _SVI_PARTICLES = 4
-_SVI_LEARNING_RATE = 0.1
+_SVI_LEARNING_RATE = 0.3
 # Exponential decay to 3e-3 of the start: large early steps cross the e-fold perturbation,
 # small late ones average the Monte-Carlo noise of the gradient down.
 _SVI_FINAL_LEARNING_RATE_FRACTION = 3e-3
@@ -512,7 +512,15 @@ def _scale_updates(scales) -> optax.GradientTransformation:
 def _check_svi_converges(seed, cases, updates: Updates) -> CheckResult:
     problem = _draw_svi_cases(seed, cases)
     args = _problem(problem)
-    optimum = jax.jit(elbo_module.cavi_optimum)(*args)
+    # The fixed point of the updates under test: NumPyro's SVI optimises the model's own ELBO,
+    # independently of the closed form, so a wrong update moves this target away from it.
+    optimum = jax.jit(
+        functools.partial(
+            elbo_module.cavi_optimum,
+            local_update=updates.local_update,
+            global_targets=updates.global_targets,
+        )
+    )(*args)
     # Start an e-fold away in every positive parameter and 3 sigma* away in mu, random signs.
     rng = np.random.default_rng(seed + 3)
     sign = lambda: rng.choice([-1.0, 1.0], cases)  # noqa: E731
@@ -561,12 +569,12 @@ def _check_svi_converges(seed, cases, updates: Updates) -> CheckResult:
     )
     distances = np.asarray(_distance(reached, optimum))
     initial_distance = float(np.max(np.asarray(_distance(start, optimum))))
-    # Tolerance 0.5 (the start is at 3.0): measured with seed 0, the median case ends at ~2e-2
-    # but the slowest ones (small gain k, Gamma shapes ~1 whose Monte-Carlo gradients are
-    # noisy) are still approaching at ~0.4 after 1500 steps x 4 particles (8 particles: 0.45,
-    # i.e. the lag is not particle noise alone). Each sample costs ~50 us on CPU (Gamma
-    # sampling and its reparameterised gradient), so more steps break the time budget.
-    # This tolerance is loose: no test yet shows that a wrong CAVI fixed point fails it.
+    # Tolerance 0.2 (the start is at 3.0). Measured with 50 cases: the worst case ends at
+    # 0.073, 0.035, 0.037, 0.058 for seeds 0-3 (median ~1.5e-2). The slowest cases lag
+    # rather than wander (1500 steps at a 0.1 start rate left one at 1.2 for seed 1; 6000
+    # steps brought it to 0.03), hence the larger start rate; each sample costs ~50 us on CPU
+    # (Gamma sampling and its reparameterised gradient), which bounds the number of steps.
+    # tests/test_validation.py shows that the fixed point of a wrong update fails it.
     return CheckResult(
         "svi_converges",
         cases,
