@@ -34,7 +34,6 @@ HIDDEN_UNITS = 128 if FULL else 64
 RESULTS_PATH = os.environ.get("VSGD_NOTEBOOK_RESULTS")
 
 # %%
-import copy
 import json
 
 import matplotlib.pyplot as plt

@@ -11,14 +11,6 @@ from vsgd_bayes.bench.optimizers import OPTIMIZERS, make_optimizer
 from vsgd_bayes.bench.tasks import VAE, CharLM, CharTransformer, DigitsCNN, DigitsVAE, make_task, stdlib_text
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: extra threads only add synchronisation on a shared CI machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_digits_splits_are_disjoint_and_fixed():
     a, b = DigitsCNN(), DigitsCNN()

@@ -1,16 +1,8 @@
 """``vsgd-bayes demo --quick``: the main job runs, prints its tables and reports failures."""
 
-import pytest
-import torch
 
 from vsgd_bayes import demo
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_demo_quick_runs_validation_and_training(capsys):

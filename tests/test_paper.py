@@ -21,14 +21,6 @@ from vsgd_bayes.paper.train import CHECKPOINT_NAME, _atomic_write
 TINY = ["--width-multiplier", "0.0625", "--batch-size", "4", "--no-progress"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The models here are tiny: extra threads only add synchronisation on a shared CI machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def write_cifar100(root, train=24, test=9, classes=3, seed=0):
     rng = np.random.RandomState(seed)

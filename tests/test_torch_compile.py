@@ -17,16 +17,6 @@ from vsgd_bayes.torch import VSGD
 RELATIVE_TOLERANCE = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Intra-op threads on a busy 2-core machine fight each other: elementwise steps on 70k
-    # elements run ~90x slower with 2 threads than with 1 (measured). Results do not depend
-    # on the thread count (elementwise kernels).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.mark.slow
 def test_compiled_step_matches_eager():

@@ -32,16 +32,6 @@ FAST_PATH_RELATIVE_TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5}
 
 STREAMS_PER_INIT = 12  # 24 random streams in all, each with its own hyperparameters
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Intra-op threads on a busy 2-core machine fight each other: elementwise steps on 70k
-    # elements run ~90x slower with 2 threads than with 1 (measured). Results do not depend
-    # on the thread count (elementwise kernels).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 STREAM_STEPS = 12
 
 

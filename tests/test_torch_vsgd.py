@@ -19,16 +19,6 @@ PATHS = [dict(foreach=False), dict(foreach=True)]
 PATH_IDS = ["single_tensor", "foreach"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Intra-op threads on a busy 2-core machine fight each other: elementwise steps on 70k
-    # elements run ~90x slower with 2 threads than with 1 (measured). Results do not depend
-    # on the thread count (elementwise kernels).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def make_params(seed=0, shapes=((3, 2), (4,)), dtype=torch.float64):
     generator = torch.Generator().manual_seed(seed)

@@ -36,12 +36,16 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from vsgd_bayes import hyperparameters as hp
 from vsgd_bayes.torch._functional import _as_real, _local, default_foreach
 from vsgd_bayes.torch._single_tensor import parameter_step_, svi_blend_
-from vsgd_bayes.torch.vsgd import _check_flag, _filled_like, state_dtype
+from vsgd_bayes.torch.vsgd import (
+    _check_flag,
+    _filled_like,
+    _PromotedStateOptimizer,
+    state_dtype,
+)
 
 __all__ = ["ConstantVSGD", "constant_vsgd", "DEFAULT_VARIANCE_RATIO"]
 
@@ -221,7 +225,7 @@ def constant_vsgd(
     )
 
 
-class ConstantVSGD(Optimizer):
+class ConstantVSGD(_PromotedStateOptimizer):
     r"""Constant VSGD: VSGD with one precision per coordinate and a fixed variance ratio K_g.
 
     The mini-batch noise precision is tied to the drift precision, w_ghat = w / K_g, so the
@@ -273,6 +277,8 @@ class ConstantVSGD(Optimizer):
         of Adam and Beyond", ICLR 2018 (AMSGrad, AdamNC).
     """
 
+    _validate_group = staticmethod(_validate_group)
+
     def __init__(
         self,
         params: Iterable[Union[Tensor, Dict[str, Any]]],
@@ -300,24 +306,6 @@ class ConstantVSGD(Optimizer):
         )
         _validate_group(defaults)
         super().__init__(params, defaults)
-
-    def add_param_group(self, param_group: Dict[str, Any]) -> None:
-        """Add a param group after validating its hyperparameters (merged with the defaults)."""
-        merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
-        _validate_group(merged)
-        super().add_param_group(param_group)
-
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        """Load a state dict, keeping the state in promote(param dtype, float32)."""
-        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        super().load_state_dict(state_dict)
-        params = [p for g in self.param_groups for p in g["params"]]
-        for saved_id, param in zip(saved_ids, params):
-            for key, value in state_dict["state"].get(saved_id, {}).items():
-                if key != "step" and torch.is_tensor(value):
-                    self.state[param][key] = value.to(
-                        device=param.device, dtype=state_dtype(param.dtype), copy=True
-                    )
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:

@@ -75,7 +75,39 @@ def _validate_group(group: Dict[str, Any]) -> None:
         raise ValueError("foreach=True and fused=True are mutually exclusive; choose one path")
 
 
-class VSGD(Optimizer):
+class _PromotedStateOptimizer(Optimizer):
+    """What VSGD and ConstantVSGD share as torch optimizers: every param group is validated
+    when it is added, and loaded state stays in promote(param dtype, float32).
+
+    Subclasses set ``_validate_group`` (a function of a group dict that raises on bad values).
+    """
+
+    _validate_group: Callable[[Dict[str, Any]], None]
+
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        """Add a param group after validating its hyperparameters (merged with the defaults)."""
+        merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
+        type(self)._validate_group(merged)
+        super().add_param_group(param_group)
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Load a state dict, keeping the state in promote(param dtype, float32).
+
+        ``torch.optim.Optimizer.load_state_dict`` casts floating state to the parameter's
+        dtype, which would round the float32 state of 16-bit parameters to 16 bits (and
+        gamma ~ 1e-8 to zero in float16). The saved tensors are re-read here in the state dtype.
+        """
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        super().load_state_dict(state_dict)
+        params = [p for g in self.param_groups for p in g["params"]]
+        for saved_id, param in zip(saved_ids, params):
+            dtype = state_dtype(param.dtype)
+            for key, value in state_dict["state"].get(saved_id, {}).items():
+                if key != "step" and torch.is_tensor(value):
+                    self.state[param][key] = value.to(device=param.device, dtype=dtype, copy=True)
+
+
+class VSGD(_PromotedStateOptimizer):
     r"""Variational Stochastic Gradient Descent (Chen, Kuzina, Esmaeili & Tomczak, 2024).
 
     Each coordinate's mini-batch gradient g_hat_t is treated as a noisy observation of the true
@@ -142,6 +174,8 @@ class VSGD(Optimizer):
         Neural Networks", arXiv 2404.06549 (2024); TMLR (2025).
     """
 
+    _validate_group = staticmethod(_validate_group)
+
     def __init__(
         self,
         params: Iterable[Union[Tensor, Dict[str, Any]]],
@@ -174,37 +208,12 @@ class VSGD(Optimizer):
         _validate_group(defaults)
         super().__init__(params, defaults)
 
-    def add_param_group(self, param_group: Dict[str, Any]) -> None:
-        """Add a param group after validating its hyperparameters (merged with the defaults)."""
-        merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
-        _validate_group(merged)
-        super().add_param_group(param_group)
-
     def __setstate__(self, state: Dict[str, Any]) -> None:
         super().__setstate__(state)
         for group in self.param_groups:
             group.setdefault("maximize", False)
             group.setdefault("foreach", None)
             group.setdefault("fused", None)
-
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        """Load a state dict, keeping the state in promote(param dtype, float32).
-
-        ``torch.optim.Optimizer.load_state_dict`` casts floating state to the parameter's
-        dtype, which would round the float32 state of 16-bit parameters to 16 bits (and
-        gamma ~ 1e-8 to zero in float16). The saved tensors are re-read here in the state dtype.
-        """
-        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        super().load_state_dict(state_dict)
-        params = [p for g in self.param_groups for p in g["params"]]
-        for saved_id, param in zip(saved_ids, params):
-            saved_state = state_dict["state"].get(saved_id)
-            if saved_state is None:
-                continue
-            dtype = state_dtype(param.dtype)
-            for key, value in saved_state.items():
-                if key != "step" and torch.is_tensor(value):
-                    self.state[param][key] = value.to(device=param.device, dtype=dtype, copy=True)
 
     def _check_before_step(self) -> None:
         # Everything that can fail is checked here, before any parameter or state is touched.
