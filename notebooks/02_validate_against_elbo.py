@@ -65,7 +65,7 @@ from numpyro.infer import SVI, Trace_ELBO
 
 from vsgd_bayes import elbo, hyperparameters as hp, rule, validation
 from vsgd_bayes.elbo import OneStepVariational
-from vsgd_bayes.model import one_step_guide, one_step_model
+from vsgd_bayes.model import guide_variational, one_step_guide, one_step_model
 
 results = {}
 
@@ -168,25 +168,14 @@ svi = SVI(
 svi_state = svi.init(jax.random.PRNGKey(SEED), GRADIENT_MEAN_PREV, GRADIENT)
 
 
-def params_to_variational(params):
-    return OneStepVariational(
-        params["gradient_mean"],
-        params["gradient_scale"] ** 2,
-        params["drift_shape"],
-        params["drift_rate"],
-        params["noise_shape"],
-        params["noise_rate"],
-    )
-
-
 def svi_step(state, _):
     state, loss = svi.update(state, GRADIENT_MEAN_PREV, GRADIENT)
     params = svi.get_params(state)
-    return state, (loss, elbo.one_step_elbo(params_to_variational(params), *problem))
+    return state, (loss, elbo.one_step_elbo(guide_variational(params), *problem))
 
 
 svi_state, (svi_losses, svi_elbos) = jax.lax.scan(svi_step, svi_state, None, length=SVI_STEPS)
-svi_params = params_to_variational(svi.get_params(svi_state))
+svi_params = guide_variational(svi.get_params(svi_state))
 results["svi_final_elbo"] = closed_form_elbo(svi_params)
 print(f"closed-form ELBO at SVI's final parameters {results['svi_final_elbo']:.6f}, optimum {optimum_elbo:.6f}")
 for name in OneStepVariational._fields:

@@ -63,6 +63,9 @@ def test_guide_parameters_and_initial_values():
     np.testing.assert_allclose(params["gradient_scale"], 2.0)  # sqrt of the variance 4
     np.testing.assert_allclose(params["noise_rate"], 0.7)
     assert [n for n, s in tr.items() if s["type"] == "sample"] == ["w_g", "w_ghat", "g"]
+    # guide_variational inverts `initial` (sigma^2 from the scale).
+    for field, expected, actual in zip(start._fields, start, model.guide_variational(params)):
+        np.testing.assert_allclose(actual, expected, rtol=1e-15, err_msg=field)
 
 
 def test_sequential_model_log_density_matches_scipy():

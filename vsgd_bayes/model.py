@@ -55,6 +55,7 @@ __all__ = [
     "one_step_model",
     "one_step_guide",
     "default_guide_start",
+    "guide_variational",
     "sequential_model",
     "simulate_gradient_stream",
 ]
@@ -196,6 +197,22 @@ def one_step_guide(
         numpyro.sample("w_g", dist.Gamma(drift_shape, drift_rate))
         numpyro.sample("w_ghat", dist.Gamma(noise_shape, noise_rate))
         numpyro.sample("g", dist.Normal(gradient_mean, gradient_scale))
+
+
+def guide_variational(params) -> OneStepVariational:
+    """The guide's fitted ``numpyro.param`` values as a :class:`~vsgd_bayes.elbo.OneStepVariational`.
+
+    The inverse of the ``initial`` argument of :func:`one_step_guide`: ``params`` is e.g.
+    ``SVIRunResult.params`` or ``svi.get_params(state)``; sigma^2 = ``gradient_scale`` squared.
+    """
+    return OneStepVariational(
+        params["gradient_mean"],
+        params["gradient_scale"] ** 2,
+        params["drift_shape"],
+        params["drift_rate"],
+        params["noise_shape"],
+        params["noise_rate"],
+    )
 
 
 def _check_count(name: str, value) -> int:
