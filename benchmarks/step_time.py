@@ -173,9 +173,14 @@ def events_bytes_first(events) -> int:
     return 0
 
 
-def benchmark(shapes, device, rounds) -> Dict[str, Dict[str, float]]:
+def benchmark(shapes, device, rounds, only=None) -> Dict[str, Dict[str, float]]:
     problem = Problem(shapes, device)
     paths = make_paths(problem, device)
+    if only:
+        unknown = set(only) - set(paths)
+        if unknown:
+            raise SystemExit(f"unknown --paths {sorted(unknown)}; available: {sorted(paths)}")
+        paths = {k: v for k, v in paths.items() if k == "adam_fused" or k in only}
     for step in paths.values():  # warm-up: state creation, kernel build/compile, caches
         step()
         step()
@@ -243,6 +248,11 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--shapes", default="both", choices=["resnet18", "big", "both"])
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
+    parser.add_argument(
+        "--paths",
+        default=None,
+        help="comma-separated paths to time (default: all; adam_fused, the reference, always)",
+    )
     parser.add_argument("--quick", action="store_true", help="small shapes, 3 rounds (smoke test)")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     parser.add_argument("--png", default=None, help="write a bar chart to this PNG file")
@@ -264,7 +274,8 @@ def main(argv=None) -> int:
     print("# " + json.dumps(header))
     all_results = {}
     for name, shapes in shape_sets(args.shapes, args.quick).items():
-        all_results[name] = benchmark(shapes, device, rounds)
+        only = args.paths.split(",") if args.paths else None
+        all_results[name] = benchmark(shapes, device, rounds, only)
         print_table(name, all_results[name])
     header["load_average_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     if args.json:

@@ -199,24 +199,33 @@ def test_foreach_blocks_split_tensors_and_batches(monkeypatch, block_size):
 def test_foreach_non_contiguous_tensors():
     # Transposed (non-contiguous) parameters, gradients and state cannot be cut into flat
     # blocks; they are stepped whole and must give exactly what contiguous copies give.
+    # Each parameter is stepped by its own call, so that both runs use the one-block form.
     generator = torch.Generator().manual_seed(7)
     hyper = dict(HYPERPARAMETERS, lr=0.1, weight_decay=0.2, maximize=False)
     shape = (6, 5)
     params = [torch.randn(shape, generator=generator, dtype=torch.float64) for _ in range(2)]
     contiguous = [params, [torch.zeros(shape, dtype=torch.float64) for _ in params]]
     contiguous += [[torch.full(shape, r, dtype=torch.float64) for _ in params] for r in (1e-8, 3e-7)]
+    contiguous = [[t.to(DEVICE) for t in group] for group in contiguous]
     strided = [[t.t().contiguous().t() for t in group] for group in contiguous]
     contiguous = [[t.clone() for t in group] for group in contiguous]
     assert not strided[0][0].is_contiguous()
     steps_contiguous = [torch.tensor(0.0) for _ in params]
     steps_strided = [torch.tensor(0.0) for _ in params]
     for _ in range(3):
-        grads = [torch.randn(shape, generator=generator, dtype=torch.float64) for _ in params]
-        foreach_vsgd(*contiguous[:1], grads, *contiguous[1:], steps_contiguous, **hyper)
-        foreach_vsgd(
-            *strided[:1], [g.t().contiguous().t() for g in grads], *strided[1:],
-            steps_strided, **hyper,
-        )
+        grads = [
+            torch.randn(shape, generator=generator, dtype=torch.float64).to(DEVICE)
+            for _ in params
+        ]
+        for i, grad in enumerate(grads):
+            foreach_vsgd(
+                *[[group[i]] for group in contiguous[:1]], [grad],
+                *[[group[i]] for group in contiguous[1:]], [steps_contiguous[i]], **hyper,
+            )
+            foreach_vsgd(
+                *[[group[i]] for group in strided[:1]], [grad.t().contiguous().t()],
+                *[[group[i]] for group in strided[1:]], [steps_strided[i]], **hyper,
+            )
     for group_contiguous, group_strided in zip(contiguous, strided):
         for a, b in zip(group_contiguous, group_strided):
             torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -13,8 +13,9 @@ tensor's step count) come from :func:`vsgd_bayes.torch._foreach.step_constants`.
   ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions/<python>_cpu/``) under the
   name ``vsgd_fused_cpu_<isa>``; later processes load it in well under a second.
 * CUDA: a Triton kernel launched once per step for all tensors of one dtype pair: a table
-  of pointers, sizes and per-tensor scalars (float64) travels to the device each step, and
-  each program steps one block of one tensor.
+  of addresses and sizes, cached on the device while the tensors stay where they are, and
+  the step's scalars (float64, uploaded each step); each program steps one block of one
+  tensor.
 
 When neither can be used (no compiler, no Triton), :func:`fused_is_available` returns False
 after one warning and :func:`fused_vsgd` raises ``RuntimeError``; callers then choose the
@@ -150,15 +151,15 @@ def _unavailable(device: torch.device) -> RuntimeError:
     return RuntimeError(f"fused VSGD is unavailable on {device}: {reason}; use foreach=True")
 
 
-def _check_dtypes(param: Tensor, state: Tensor) -> None:
-    if param.dtype not in _SUPPORTED_PARAM_DTYPES:
+def _check_dtypes(param_dtype: torch.dtype, state_dtype: torch.dtype) -> None:
+    if param_dtype not in _SUPPORTED_PARAM_DTYPES:
         raise TypeError(
             f"fused VSGD supports parameters of dtypes {_SUPPORTED_PARAM_DTYPES}, "
-            f"got {param.dtype}"
+            f"got {param_dtype}"
         )
-    if state.dtype not in _SUPPORTED_STATE_DTYPES:
+    if state_dtype not in _SUPPORTED_STATE_DTYPES:
         raise TypeError(
-            f"fused VSGD supports state of dtypes {_SUPPORTED_STATE_DTYPES}, got {state.dtype}"
+            f"fused VSGD supports state of dtypes {_SUPPORTED_STATE_DTYPES}, got {state_dtype}"
         )
 
 
@@ -205,14 +206,16 @@ def fused_vsgd(
     lr = float(lr.item()) if isinstance(lr, Tensor) else float(lr)
     groups: Dict[tuple, List[int]] = defaultdict(list)
     for index, (param, mean) in enumerate(zip(params, gradient_means)):
-        _check_dtypes(param, mean)
         groups[(param.device, param.dtype, mean.dtype)].append(index)
-    for device, _, _ in groups:
+    for device, param_dtype, state_dtype in groups:
+        _check_dtypes(param_dtype, state_dtype)
         if not fused_is_available(device):
             raise _unavailable(device)
 
+    # One tuple of constants per distinct step count, shared by the tensors at that step
+    # (the Triton host code recognises a uniform step by this sharing).
+    next_steps = torch.stack(steps).add(1.0).tolist() if len(steps) > 1 else [float(steps[0]) + 1.0]
     constants_of_step: Dict[float, Tuple[float, ...]] = {}
-    next_steps = [float(step.item()) + 1.0 for step in steps]
     for step in next_steps:
         if step not in constants_of_step:
             constants_of_step[step] = step_constants(
@@ -231,16 +234,19 @@ def fused_vsgd(
             for group in (params, grads, gradient_means, drift_rates, noise_rates)
         ]
         constants = [constants_of_step[next_steps[i]] for i in indices]
-        # Contiguous working tensors: the originals where possible, copies otherwise.
-        work = [[t if t.is_contiguous() else t.contiguous() for t in group] for group in tensors]
-        work[1] = [g.to(param_dtype) for g in work[1]]
+        # Contiguous working tensors: the originals where possible, copies otherwise;
+        # gradients in their parameter's dtype.
+        copied = not all(t.is_contiguous() for group in tensors for t in group)
+        work = [[t.contiguous() for t in group] for group in tensors] if copied else tensors
+        work[1] = [g if g.dtype == param_dtype else g.to(param_dtype) for g in work[1]]
         if device.type == "cpu":
             flat_constants = [value for row in constants for value in row]
             _cpu_module.vsgd_step(*work, flat_constants, lr, decay, eps, maximize)
         else:
             _triton_module().vsgd_step(*work, constants, lr, decay, eps, maximize)
-        for group, working in zip(tensors, work):
-            for original, copy in zip(group, working):
-                if copy is not original and group is not tensors[1]:
-                    original.copy_(copy)
+        if copied:
+            for group, working in zip(tensors[:1] + tensors[2:], work[:1] + work[2:]):
+                for original, copy in zip(group, working):
+                    if copy is not original:
+                        original.copy_(copy)
     torch._foreach_add_(steps, 1.0)

@@ -1,25 +1,36 @@
 """Fused VSGD step on CUDA as one Triton kernel launch for a list of tensors.
 
-Loaded by :mod:`vsgd_bayes.torch._fused` only when Triton is importable. One int64 table
-travels to the device per step: the five addresses of every tensor, their sizes and (as
-float64 bits) the per-tensor scalars of
-:func:`vsgd_bayes.torch._foreach.step_constants` followed by lr, 1 - lr*lambda, eps and the
-gradient sign; the block -> tensor map is cached on the device per list of sizes. Each
-program steps BLOCK elements of one tensor with the single-pass form of
-the update (see ``vsgd_cpu.cpp``), in the state dtype.
+Loaded by :mod:`vsgd_bayes.torch._fused` only when Triton is importable. Two small tables
+travel to the kernel:
+
+* ``table`` (int64, on the device): the five addresses of every tensor and their sizes,
+  followed by the block -> tensor map. It depends only on the tensors, so it is built and
+  uploaded once and reused while the same tensors are stepped (keyed by their addresses;
+  gradients that move to new memory simply make a new entry).
+* ``scalars`` (float64, uploaded each step): the scalars of
+  :func:`vsgd_bayes.torch._foreach.step_constants` (7 for the whole list when every tensor
+  has the same step count, the usual case; else 7 per tensor) followed by lr,
+  1 - lr*lambda, eps and the gradient sign. They are float64 in memory because Triton
+  passes Python floats as float32, which would round the float64 update.
+
+Each program steps BLOCK elements of one tensor with the single-pass form of the update
+(see ``vsgd_cpu.cpp``), in the state dtype. Host work per step is one dictionary lookup,
+one upload of 11 (or 7n + 4) doubles and one launch.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from collections import OrderedDict
+from typing import List, Sequence, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
+#: Elements per program, and warps per program (tuned on an H100 with
+#: ``benchmarks/step_time.py --device cuda``).
 BLOCK = 2048
-_CONSTANTS_PER_TENSOR = 7
-_GLOBALS = 4  # lr, decay, eps, gradient sign
+NUM_WARPS = 4
 
 _TRITON_DTYPES = {
     torch.float32: tl.float32,
@@ -31,12 +42,11 @@ _TRITON_DTYPES = {
 
 @triton.jit
 def _vsgd_kernel(
-    table,  # int64: [5 * n addresses | n sizes | scalars as float64 bits]
-    scalars,  # float64 view of the same buffer
-    blocks,  # int64: [block -> tensor index | block -> first element]
+    table,  # int64: [5n addresses | n sizes | block -> tensor | block -> first element]
+    scalars,  # float64: [7 constants (per tensor if PER_TENSOR) | lr, decay, eps, sign]
     n_tensors,
     n_blocks,
-    scalars_offset,
+    PER_TENSOR: tl.constexpr,  # tensors with different step counts: constants per tensor
     PARAM: tl.constexpr,
     STATE: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -44,6 +54,7 @@ def _vsgd_kernel(
     ALIGNED: tl.constexpr,  # every address a multiple of 16 bytes: allows vector loads
 ):
     block = tl.program_id(0)
+    blocks = table + 6 * n_tensors
     tensor = tl.load(blocks + block)
     start = tl.load(blocks + n_blocks + block)
     numel = tl.load(table + 5 * n_tensors + tensor)
@@ -61,7 +72,12 @@ def _vsgd_kernel(
         drift_ptr = tl.multiple_of(drift_ptr, 16)
         noise_ptr = tl.multiple_of(noise_ptr, 16)
 
-    c = scalars + scalars_offset + 7 * tensor
+    if PER_TENSOR:
+        c = scalars + 7 * tensor
+        g = scalars + 7 * n_tensors
+    else:
+        c = scalars
+        g = scalars + 7
     inverse_shape = tl.load(c + 0).to(STATE)
     drift_keep = tl.load(c + 1).to(STATE)
     drift_prior = tl.load(c + 2).to(STATE)
@@ -69,7 +85,6 @@ def _vsgd_kernel(
     noise_keep = tl.load(c + 4).to(STATE)
     noise_prior = tl.load(c + 5).to(STATE)
     noise_half_step = tl.load(c + 6).to(STATE)
-    g = scalars + scalars_offset + 7 * n_tensors
     lr = tl.load(g + 0).to(STATE)
     decay = tl.load(g + 1).to(STATE)
     eps = tl.load(g + 2).to(STATE)
@@ -119,34 +134,42 @@ def vsgd_step(
     eps: float,
     maximize: bool,
 ) -> None:
-    """Steps contiguous CUDA tensors of one parameter dtype and one state dtype in place."""
-    keep = [i for i, p in enumerate(params) if p.numel() > 0]
-    if not keep:
-        return
-    n = len(keep)
-    numels = tuple(params[i].numel() for i in keep)
-    device = params[keep[0]].device
-    blocks = _block_map(numels, device)
-    addresses = [
-        group[i].data_ptr()
-        for group in (params, grads, means, drift_rates, noise_rates)
-        for i in keep
-    ]
-    integers = torch.tensor(addresses + list(numels), dtype=torch.int64)
-    floats = [value for i in keep for value in constants[i]]
+    """Steps contiguous CUDA tensors of one parameter dtype and one state dtype in place.
+
+    ``constants`` holds one tuple per tensor; tensors of the same step count share one
+    tuple object (the caller's cache), which is how a uniform step is recognised cheaply.
+    """
+    if any(p.numel() == 0 for p in params):
+        keep = [i for i, p in enumerate(params) if p.numel() > 0]
+        if not keep:
+            return
+        params, grads, means, drift_rates, noise_rates, constants = (
+            [group[i] for i in keep]
+            for group in (params, grads, means, drift_rates, noise_rates, constants)
+        )
+    tensors = (params, grads, means, drift_rates, noise_rates)
+    device = params[0].device
+    addresses = tuple(t.data_ptr() for group in tensors for t in group)
+    numels = tuple(p.numel() for p in params)
+    table, n_blocks, aligned = _table(addresses, numels, device)
+
+    first = constants[0]
+    per_tensor = any(c is not first and c != first for c in constants)
+    floats = [value for c in constants for value in c] if per_tensor else list(first)
     floats += [lr, decay, eps, -1.0 if maximize else 1.0]
-    floats_bits = torch.tensor(floats, dtype=torch.float64).view(torch.int64)
-    table = torch.cat([integers, floats_bits]).to(device, non_blocking=True)
-    n_blocks = blocks.numel() // 2
-    state_dtype = means[keep[0]].dtype
-    arguments = (table, table.view(torch.float64), blocks, n, n_blocks, integers.numel())
+    scalars = torch.tensor(floats, dtype=torch.float64).to(device, non_blocking=True)
+
+    state_dtype = means[0].dtype
     options = dict(
-        PARAM=_TRITON_DTYPES[params[keep[0]].dtype],
+        PER_TENSOR=per_tensor,
+        PARAM=_TRITON_DTYPES[params[0].dtype],
         STATE=_TRITON_DTYPES[state_dtype],
         BLOCK=BLOCK,
         FLOAT64=state_dtype == torch.float64,
+        num_warps=NUM_WARPS,
     )
-    aligned = _hints_work and all(address % 16 == 0 for address in addresses)
+    arguments = (table, scalars, len(params), n_blocks)
+    aligned = aligned and _hints_work
     try:
         _vsgd_kernel[(n_blocks,)](*arguments, ALIGNED=aligned, **options)
     except Exception:  # a Triton that rejects the hints (compilation error)
@@ -164,18 +187,37 @@ def _disable_hints() -> None:
     _hints_work = False
 
 
-_block_maps: Dict[Tuple[Tuple[int, ...], torch.device], torch.Tensor] = {}
+#: Device tables by (addresses, device), least recently used first; a handful of parameter
+#: groups and gradient layouts live here at once, so a small bound is enough.
+_tables: "OrderedDict[tuple, Tuple[torch.Tensor, int, bool]]" = OrderedDict()
+_MAX_TABLES = 32
 
 
-def _block_map(numels: Tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """[block -> tensor index | block -> first element] on ``device``, cached per sizes."""
-    key = (numels, device)
-    if key not in _block_maps:
-        counts = torch.tensor([triton.cdiv(n, BLOCK) for n in numels], dtype=torch.int64)
-        tensor_of_block = torch.repeat_interleave(torch.arange(len(numels)), counts)
-        first_block = torch.cumsum(counts, 0) - counts
-        index_in_tensor = torch.arange(int(counts.sum())) - first_block[tensor_of_block]
-        if len(_block_maps) > 64:  # a handful of parameter groups; bound it anyway
-            _block_maps.clear()
-        _block_maps[key] = torch.cat([tensor_of_block, index_in_tensor * BLOCK]).to(device)
-    return _block_maps[key]
+def _table(
+    addresses: Tuple[int, ...], numels: Tuple[int, ...], device: torch.device
+) -> Tuple[torch.Tensor, int, bool]:
+    """(table on ``device``, number of blocks, every address 16-byte aligned), cached.
+
+    The table is a function of the key alone, so a hit is always the table that would be
+    built (tensors freed and reallocated at the same addresses with the same sizes give the
+    same table).
+    """
+    key = (addresses, numels, device)
+    entry = _tables.get(key)
+    if entry is not None:
+        _tables.move_to_end(key)
+        return entry
+    sizes = torch.tensor(numels, dtype=torch.int64)
+    counts = (sizes + BLOCK - 1) // BLOCK
+    tensor_of_block = torch.repeat_interleave(torch.arange(len(numels)), counts)
+    first_block = torch.cumsum(counts, 0) - counts
+    index_in_tensor = torch.arange(int(counts.sum())) - first_block[tensor_of_block]
+    table = torch.cat(
+        [torch.tensor(addresses, dtype=torch.int64), sizes, tensor_of_block, index_in_tensor * BLOCK]
+    )
+    aligned = all(address % 16 == 0 for address in addresses)
+    entry = (table.to(device), int(counts.sum()), aligned)
+    _tables[key] = entry
+    if len(_tables) > _MAX_TABLES:
+        _tables.popitem(last=False)
+    return entry
