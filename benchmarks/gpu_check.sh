@@ -11,5 +11,5 @@ nvidia-smi -L
 python3 -c "import torch, triton, jax; print('torch', torch.__version__, 'triton', triton.__version__, 'jax', jax.__version__, torch.cuda.get_device_name())"
 VSGD_TEST_DEVICE=cuda timeout 200 python3 -m pytest -q -p no:cacheprovider \
     tests/test_torch_fast_paths.py 2>&1 | tee "$OUT/parity.log" | tail -25
-timeout 300 python3 benchmarks/gpu_tune.py --json "$OUT/tune.json" \
+timeout 400 python3 benchmarks/gpu_tune.py --rounds 60 --bench-rounds 100 --json "$OUT/tune.json" \
     --bench-json "$OUT/gpu.json" --bench-png "$OUT/gpu.png" 2>&1 | grep -v USDT | tee "$OUT/tune.log"

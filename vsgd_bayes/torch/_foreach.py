@@ -51,12 +51,14 @@ from vsgd_bayes import hyperparameters as hp
 __all__ = ["foreach_vsgd", "BLOCK_SIZE", "STEP_CONSTANT_NAMES", "step_constants"]
 
 #: Elements per block and per batch of blocks. On CPU, 2^18 float32 values are 1 MiB per
-#: buffer: the ~8 buffers a batch touches (5 inputs/states + 3 scratch) stay in the last-level
-#: cache between the ~29 passes of a step, and a batch is large enough that the fixed cost of
-#: one ``_foreach`` call (several microseconds) is small against its arithmetic (measured on
-#: a 2-core AMD EPYC: 2^16 and smaller blocks were slower, whole tensors 3x slower).
-#: On accelerators the blocks only bound the temporaries (launches are the cost there).
-BLOCK_SIZE = {"cpu": 1 << 18, "cuda": 1 << 22}
+#: buffer: the 8 buffers a batch touches (5 inputs/states + 3 scratch) stay in the last-level
+#: cache between the 17 passes of a step, and a batch is large enough that the fixed cost of
+#: an operation (a few microseconds) is small against its arithmetic (measured on the
+#: project's 2-core AMD EPYC, 1 and 2 threads: 2^17 and 2^19 were 5-10% slower, 2^16 and
+#: 2^20 20-60% slower). On CUDA the blocks bound the temporaries, which the foreach ops
+#: allocate: 2^21 was the fastest size within 1x the parameters' size in transient memory
+#: on an H100 (``benchmarks/gpu_tune.py``; larger is faster for many small tensors).
+BLOCK_SIZE = {"cpu": 1 << 18, "cuda": 1 << 21}
 _DEFAULT_BLOCK_SIZE = 1 << 22
 
 #: Per-tensor constants of one step, in the order :func:`step_constants` returns them.
@@ -96,6 +98,19 @@ def step_constants(
         noise_step_size * variance_ratio * prior_strength,
         0.5 * noise_step_size,
     )
+
+
+_ONE = torch.tensor(1.0)
+
+
+def increment_steps(steps: List[Tensor]) -> None:
+    """``t <- t + 1`` for every step counter (0-dim CPU tensors), in one foreach call.
+
+    The counters live on the CPU, where a foreach op is a loop over tensors: a 0-dim tensor
+    operand with ``alpha`` is wrapped once, a Python number once per tensor (measured: 39
+    against 139 microseconds for 62 counters).
+    """
+    torch._foreach_add_(steps, _ONE, alpha=1.0)
 
 
 def _as_float(value: Union[float, Tensor]) -> float:
@@ -162,15 +177,18 @@ def _inplace(name: str, a, *args, **kwargs) -> None:
 def _affine_(a, scale: float, shift: Tensor) -> None:
     """``a <- shift + scale * a`` in place; ``shift`` is a 0-dim CPU tensor.
 
-    One pass for a tensor (``torch.add`` broadcasts the 0-dim ``shift``: half the cost of a
-    mul and an add on CPU); a list takes a foreach mul and add (two launches on a GPU
-    rather than two per tensor).
+    On CPU one pass per tensor: ``torch.add`` broadcasts the 0-dim ``shift`` (half the cost
+    of a mul and an add), for a list tensor by tensor, so a tensor gets the same arithmetic
+    alone as in a list (a frozen parameter's twin, stepped alone, stays bitwise equal). On
+    a GPU (always a list) a foreach mul and add: two launches rather than two per tensor.
     """
-    if isinstance(a, list):
-        torch._foreach_mul_(a, scale)
-        torch._foreach_add_(a, shift.item())
+    tensors = a if isinstance(a, list) else [a]
+    if tensors[0].device.type == "cpu":
+        for tensor in tensors:
+            torch.add(shift, tensor, alpha=scale, out=tensor)
     else:
-        torch.add(shift, a, alpha=scale, out=a)
+        torch._foreach_mul_(tensors, scale)
+        torch._foreach_add_(tensors, shift.item())
 
 
 def _step_batch(
@@ -203,7 +221,10 @@ def _step_batch(
         noise_prior,
         noise_half_step,
     ) = constants
-    if len(batch) == 1:  # one block: plain tensors and the scratch rows as `out=`
+    if len(batch) == 1 and batch[0][2].device.type == "cpu":
+        # One block on CPU: plain tensors, the scratch rows as `out=`. (On a GPU every batch
+        # takes the foreach form: its kernels differ from the plain ones in rounding, and a
+        # tensor must get the same arithmetic however it was batched.)
         params, grads, means, drift_rates, noise_rates = batch[0]
         shape = means.shape
         gain, innovation, variance = (row[: means.numel()].view(shape) for row in scratch)
@@ -307,7 +328,7 @@ def foreach_vsgd(
     """
     if not params:
         return
-    torch._foreach_add_(steps, 1.0)
+    increment_steps(steps)
     lr = _as_float(lr)
 
     # Group by device, state dtype, parameter dtype and step count: within a group every

@@ -38,7 +38,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from vsgd_bayes.torch._foreach import step_constants
+from vsgd_bayes.torch._foreach import increment_steps, step_constants
 
 __all__ = ["fused_vsgd", "fused_is_available", "cpu_extension_name"]
 
@@ -214,7 +214,7 @@ def fused_vsgd(
 
     # One tuple of constants per distinct step count, shared by the tensors at that step
     # (the Triton host code recognises a uniform step by this sharing).
-    next_steps = torch.stack(steps).add(1.0).tolist() if len(steps) > 1 else [float(steps[0]) + 1.0]
+    next_steps = [step.item() + 1.0 for step in steps]
     constants_of_step: Dict[float, Tuple[float, ...]] = {}
     for step in next_steps:
         if step not in constants_of_step:
@@ -249,4 +249,4 @@ def fused_vsgd(
                 for original, copy in zip(group, working):
                     if copy is not original:
                         original.copy_(copy)
-    torch._foreach_add_(steps, 1.0)
+    increment_steps(steps)

@@ -29,8 +29,8 @@ import triton.language as tl
 
 #: Elements per program, and warps per program (tuned on an H100 with
 #: ``benchmarks/step_time.py --device cuda``).
-BLOCK = 2048
-NUM_WARPS = 4
+BLOCK = 4096
+NUM_WARPS = 8
 
 _TRITON_DTYPES = {
     torch.float32: tl.float32,
