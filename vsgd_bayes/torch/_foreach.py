@@ -21,12 +21,12 @@ read once: mu_t - mu_{t-1} = k e and mu_t - g_hat_t = -(1 - k) e.
 
 Memory and speed: every tensor is processed as flat views split into blocks of at most
 :data:`BLOCK_SIZE` elements, and the blocks are gathered into batches of about that many
-elements. A batch of one block is stepped with plain tensor operations writing into three
-scratch buffers (``out=``, no allocation); a batch of several small blocks with
-``torch._foreach_*`` operations, whose out-of-place results are the batch-sized
-temporaries. Either way the temporaries are bounded by one batch, and on CPU they stay in
-the last-level cache between the 17 passes of a step (:func:`_step_batch` lists them)
-instead of streaming the whole model through memory 17 times.
+elements. The only temporaries are three scratch rows of one batch, reused by every batch
+(no other memory is allocated). On CPU a batch of one block is stepped with plain tensor
+operations that write into the rows (``out=``), a batch of several small blocks with
+``torch._foreach_*`` operations; the batch stays in the last-level cache between the 17
+passes of a step (:func:`_step_batch` lists them) instead of streaming the whole model
+through memory 17 times. On a GPU every batch takes the foreach form.
 
 Symbols -> arguments: eta ``lr``, K_g ``variance_ratio``, gamma ``prior_strength``,
 kappa_i ``kappa1/kappa2``, lambda ``weight_decay``, epsilon ``eps``; state mu
@@ -154,16 +154,23 @@ def _batches(slots: List[_Slot], block_size: int) -> List[List[_Slot]]:
     return batches
 
 
-# The operations of one step, written once for two kinds of operands: a tensor (one block,
-# results written into a scratch tensor `out`) or a list of tensors (a batch of blocks, one
-# torch._foreach_* call; the foreach ops have no `out=`, so results are new tensors).
+# The operations of one step, written once for two kinds of operands: a tensor (one block on
+# CPU) or a list of tensors (a batch of blocks: one torch._foreach_* call per operation).
+# Results that are not state go to views of three scratch rows, never to new memory.
 
 
 def _binary(name: str, a, b, out):
-    """``a <name> b`` (add, sub, mul, div), into ``out`` for tensors, new tensors for lists."""
+    """``out = a <name> b`` (add, sub, mul, div) into scratch ``out``, which must not be ``b``.
+
+    A tensor takes ``torch.<name>(a, b, out=out)``; a list, which has no ``out=`` form,
+    a copy and the in-place operation (the same rounding: one operation on the same values).
+    """
     if isinstance(a, list):
-        return list(getattr(torch, f"_foreach_{name}")(a, b))
-    return getattr(torch, name)(a, b, out=out)
+        torch._foreach_copy_(out, a)
+        getattr(torch, f"_foreach_{name}_")(out, b)
+    else:
+        getattr(torch, name)(a, b, out=out)
+    return out
 
 
 def _inplace(name: str, a, *args, **kwargs) -> None:
@@ -204,13 +211,14 @@ def _step_batch(
 ) -> None:
     """One VSGD step on one batch of blocks (all of one state dtype and one step count).
 
-    Seventeen elementwise passes (one or two more with weight decay or 16-bit parameters):
-    four that create k, e and sigma^2, three for mu, three for each rate and four for theta. Ternary
-    operations (addcmul, addcdiv) replace pairs of binary ones; scalar factors such as 1/a
-    and sqrt(a) are folded into the operations' scalars. Measured on the project's 2-core
-    CPU: an in-cache pass costs ~0.15 ns per element, a ternary one ~0.2 ns, sqrt ~0.55 ns
-    (``lerp_`` against a constant buffer, which would merge a rate's decay and prior terms,
-    was slower than the mul and add it replaces).
+    Seventeen elementwise passes (one or two more with weight decay or 16-bit parameters,
+    and in foreach form four copies into the scratch rows): four that create k, e and
+    sigma^2, three for mu, three for each rate and four for theta. Ternary operations
+    (addcmul, addcdiv) replace pairs of binary ones; scalar factors such as 1/a and sqrt(a)
+    are folded into the operations' scalars. Measured on the project's 2-core CPU: an
+    in-cache pass costs ~0.15 ns per element, a ternary one ~0.2 ns, sqrt ~0.55 ns (``lerp_``
+    against a constant buffer, which would merge a rate's decay and prior terms, was slower
+    than the mul and add it replaces).
     """
     (
         inverse_shape,
@@ -222,28 +230,35 @@ def _step_batch(
         noise_half_step,
     ) = constants
     if len(batch) == 1 and batch[0][2].device.type == "cpu":
-        # One block on CPU: plain tensors, the scratch rows as `out=`. (On a GPU every batch
-        # takes the foreach form: its kernels differ from the plain ones in rounding, and a
-        # tensor must get the same arithmetic however it was batched.)
+        # One block on CPU: plain tensors, whose out-of-place operations write straight into
+        # the scratch rows. (On a GPU every batch takes the foreach form: its kernels differ
+        # from the plain ones in rounding, and a tensor must get the same arithmetic however
+        # it was batched.)
         params, grads, means, drift_rates, noise_rates = batch[0]
         shape = means.shape
         gain, innovation, variance = (row[: means.numel()].view(shape) for row in scratch)
     else:
         params, grads, means, drift_rates, noise_rates = (list(x) for x in zip(*batch))
-        gain = innovation = variance = None  # the foreach ops return new tensors
+        gain, innovation, variance = ([], [], [])
+        offset = 0
+        for mean in means:
+            length = mean.numel()
+            for views, row in zip((gain, innovation, variance), scratch):
+                views.append(row.narrow(0, offset, length).view(mean.shape))
+            offset += length
     state_dtype = (means if isinstance(means, Tensor) else means[0]).dtype
     shape_a = 1.0 / inverse_shape
     root_shape = math.sqrt(shape_a)
 
-    # k = b_g / (b_g + b_ghat)
-    gain = _binary("add", drift_rates, noise_rates, out=gain)
-    gain = _binary("div", drift_rates, gain, out=gain)
+    # k = b_g / (b_g + b_ghat), the sum held in the sigma^2 row until sigma^2 is formed
+    _binary("add", drift_rates, noise_rates, out=variance)
+    _binary("div", drift_rates, variance, out=gain)
     # e = g_hat - mu_{t-1}, with g_hat = -grad when maximising (computed in the state dtype)
     if maximize:
-        innovation = _binary("add", means, grads, out=innovation)
+        _binary("add", means, grads, out=innovation)
         _inplace("neg", innovation)
     else:
-        innovation = _binary("sub", grads, means, out=innovation)
+        _binary("sub", grads, means, out=innovation)
     # a sigma^2 = k b_ghat (the factor 1/a is folded into the scalars below)
     scaled_variance = _binary("mul", gain, noise_rates, out=variance)
     # from here on `gain` holds k e = mu_t - mu_{t-1}, `innovation` (1 - k) e = g_hat - mu_t
@@ -270,10 +285,9 @@ def _step_batch(
     param_dtype = (params if isinstance(params, Tensor) else params[0]).dtype
     if param_dtype == state_dtype:
         weights = params
-    elif isinstance(params, Tensor):  # 16-bit parameters: step in the state dtype, round once
-        weights = step_of_mean.copy_(params)  # k e is no longer needed
-    else:
-        weights = [p.to(state_dtype) for p in params]
+    else:  # 16-bit parameters: step in the state dtype, round once
+        weights = step_of_mean  # k e is no longer needed
+        _inplace("copy", weights, params)
     if weight_decay != 0.0:
         _inplace("mul", weights, 1.0 - lr * weight_decay)
     _inplace("addcdiv", weights, means, denominator, value=-lr * root_shape)

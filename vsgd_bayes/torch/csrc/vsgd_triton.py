@@ -202,7 +202,7 @@ def _table(
     built (tensors freed and reallocated at the same addresses with the same sizes give the
     same table).
     """
-    key = (addresses, numels, device)
+    key = (addresses, numels, device, BLOCK)
     entry = _tables.get(key)
     if entry is not None:
         _tables.move_to_end(key)
