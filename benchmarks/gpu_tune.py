@@ -6,7 +6,7 @@ One process, on one GPU:
    of two; time (min over interleaved rounds, as a ratio to fused Adam) and transient memory.
 2. fused (Triton): ``BLOCK`` (elements per program) and ``NUM_WARPS`` over a few pairs.
 3. A profile of the host-side work of one fused step (ResNet-18 shapes), top functions.
-4. With the best setting of each (foreach: the smallest worst-case ratio over the two shape
+4. When ``--bench-json`` or ``--bench-png`` is given, with the best setting of each (foreach: the smallest worst-case ratio over the two shape
    sets among settings within 1x the parameters' size in transient memory; fused: the
    smallest ratio on the large tensors, where the kernel rather than the host is the limit),
    ``benchmarks/step_time.py --device cuda`` in the same process.
@@ -168,6 +168,8 @@ def main(argv=None) -> int:
         with open(args.json, "w") as file:
             json.dump(report, file, indent=2)
 
+    if not (args.bench_json or args.bench_png):
+        return 0
     set_foreach_block(chosen_block)
     set_triton(chosen_triton)
     bench = ["--device", "cuda", "--rounds", str(args.bench_rounds)]

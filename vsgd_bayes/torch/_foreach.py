@@ -55,10 +55,12 @@ __all__ = ["foreach_vsgd", "BLOCK_SIZE", "STEP_CONSTANT_NAMES", "step_constants"
 #: cache between the 17 passes of a step, and a batch is large enough that the fixed cost of
 #: an operation (a few microseconds) is small against its arithmetic (measured on the
 #: project's 2-core AMD EPYC, 1 and 2 threads: 2^17 and 2^19 were 5-10% slower, 2^16 and
-#: 2^20 20-60% slower). On CUDA the blocks bound the temporaries, which the foreach ops
-#: allocate: 2^21 was the fastest size within 1x the parameters' size in transient memory
-#: on an H100 (``benchmarks/gpu_tune.py``; larger is faster for many small tensors).
-BLOCK_SIZE = {"cpu": 1 << 18, "cuda": 1 << 21}
+#: 2^20 20-60% slower). On CUDA the foreach launches, not the cache, set the cost: fewer,
+#: larger batches are faster (a ResNet-18 step is bound by host-side launch work), and the
+#: three scratch rows bound the transient memory to 3 x 2^23 x 4 bytes = 96 MiB whatever
+#: the model's size (``benchmarks/gpu_tune.py`` on an H100: 2^23 against 2^22 was 11.0x
+#: against 12.2x fused Adam on ResNet-18 shapes and 7.6x against 9.1x on 4 x 4096^2).
+BLOCK_SIZE = {"cpu": 1 << 18, "cuda": 1 << 23}
 _DEFAULT_BLOCK_SIZE = 1 << 22
 
 #: Per-tensor constants of one step, in the order :func:`step_constants` returns them.
@@ -244,7 +246,8 @@ def _step_batch(
         for mean in means:
             length = mean.numel()
             for views, row in zip((gain, innovation, variance), scratch):
-                views.append(row.narrow(0, offset, length).view(mean.shape))
+                view = row.narrow(0, offset, length)  # blocks are flat, whole tensors not
+                views.append(view if mean.dim() == 1 else view.view(mean.shape))
             offset += length
     state_dtype = (means if isinstance(means, Tensor) else means[0]).dtype
     shape_a = 1.0 / inverse_shape
