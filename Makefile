@@ -5,14 +5,18 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # CPU build of torch from the local wheel cache; an unpinned torch pulls a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
+# Triton for its CPU interpreter only (tests/test_triton_interpreter.py), kept out of the
+# environment (--target) so that the CPU torch never imports it.
+TRITON_PIN ?= triton==3.9.0
 
 .PHONY: setup demo validate test bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
 	$(PY) -m pip install -q -e ".[all,test]"
+	$(PY) -m pip install -q --no-deps --target $(VENV)/triton-interpreter $(TRITON_PIN)
 	touch $@
 
 setup: $(VENV)/.installed

@@ -3,19 +3,19 @@
 Loaded by :mod:`vsgd_bayes.torch._fused` only when Triton is importable. Two small tables
 travel to the kernel:
 
-* ``table`` (int64, on the device): the five addresses of every tensor and their sizes,
-  followed by the block -> tensor map. It depends only on the tensors, so it is built and
-  uploaded once and reused while the same tensors are stepped (keyed by their addresses;
-  gradients that move to new memory simply make a new entry).
-* ``scalars`` (float64, uploaded each step): the scalars of
+* ``table`` (int64, on the device): the addresses of every parameter and its three state
+  tensors, their sizes, and the block -> tensor map. It changes only when parameters or
+  state move, so it is built and uploaded once and reused (cached by those addresses).
+* ``step_table`` (uploaded each step): the gradients' addresses (gradients are often new
+  tensors every step) followed by the step's scalars as float64: those of
   :func:`vsgd_bayes.torch._foreach.step_constants` (7 for the whole list when every tensor
-  has the same step count, the usual case; else 7 per tensor) followed by lr,
-  1 - lr*lambda, eps and the gradient sign. They are float64 in memory because Triton
-  passes Python floats as float32, which would round the float64 update.
+  has the same step count, the usual case; else 7 per tensor), then lr, 1 - lr*lambda,
+  eps and the gradient sign. The scalars are float64 in memory because Triton passes
+  Python floats as float32, which would round the float64 update.
 
 Each program steps BLOCK elements of one tensor with the single-pass form of the update
-(see ``vsgd_cpu.cpp``), in the state dtype. Host work per step is one dictionary lookup,
-one upload of 11 (or 7n + 4) doubles and one launch.
+(see ``vsgd_cpu.cpp``), in the state dtype. Host work per step: the addresses, one
+dictionary lookup, one upload of n + 11 (or 8n + 4) words and one launch.
 """
 
 from __future__ import annotations
@@ -44,8 +44,11 @@ _TRITON_DTYPES = {
 
 @triton.jit
 def _vsgd_kernel(
-    table,  # int64: [5n addresses | n sizes | block -> tensor | block -> first element]
-    scalars,  # float64: [7 constants (per tensor if PER_TENSOR) | lr, decay, eps, sign]
+    table,  # int64: [4n addresses (theta, mu, b_g, b_ghat) | n sizes | block -> tensor |
+    #         block -> first element]
+    step_table,  # int64: [n gradient addresses | scalars as float64 bits]
+    step_scalars,  # float64 view of step_table: [n (skipped) | 7 constants (per tensor if
+    #                PER_TENSOR) | lr, decay, eps, sign]
     n_tensors,
     n_blocks,
     PER_TENSOR: tl.constexpr,  # tensors with different step counts: constants per tensor
@@ -56,15 +59,15 @@ def _vsgd_kernel(
     ALIGNED: tl.constexpr,  # every address a multiple of 16 bytes: allows vector loads
 ):
     block = tl.program_id(0)
-    blocks = table + 6 * n_tensors
+    blocks = table + 5 * n_tensors
     tensor = tl.load(blocks + block)
     start = tl.load(blocks + n_blocks + block)
-    numel = tl.load(table + 5 * n_tensors + tensor)
+    numel = tl.load(table + 4 * n_tensors + tensor)
     theta_ptr = tl.load(table + tensor).to(tl.pointer_type(PARAM))
-    grad_ptr = tl.load(table + n_tensors + tensor).to(tl.pointer_type(PARAM))
-    mean_ptr = tl.load(table + 2 * n_tensors + tensor).to(tl.pointer_type(STATE))
-    drift_ptr = tl.load(table + 3 * n_tensors + tensor).to(tl.pointer_type(STATE))
-    noise_ptr = tl.load(table + 4 * n_tensors + tensor).to(tl.pointer_type(STATE))
+    mean_ptr = tl.load(table + n_tensors + tensor).to(tl.pointer_type(STATE))
+    drift_ptr = tl.load(table + 2 * n_tensors + tensor).to(tl.pointer_type(STATE))
+    noise_ptr = tl.load(table + 3 * n_tensors + tensor).to(tl.pointer_type(STATE))
+    grad_ptr = tl.load(step_table + tensor).to(tl.pointer_type(PARAM))
     if ALIGNED:
         # Addresses read from a table carry no alignment facts; without these hints Triton
         # emits one scalar load per element.
@@ -74,6 +77,7 @@ def _vsgd_kernel(
         drift_ptr = tl.multiple_of(drift_ptr, 16)
         noise_ptr = tl.multiple_of(noise_ptr, 16)
 
+    scalars = step_scalars + n_tensors
     if PER_TENSOR:
         c = scalars + 7 * tensor
         g = scalars + 7 * n_tensors
@@ -149,9 +153,10 @@ def vsgd_step(
             [group[i] for i in keep]
             for group in (params, grads, means, drift_rates, noise_rates, constants)
         )
-    tensors = (params, grads, means, drift_rates, noise_rates)
     device = params[0].device
-    addresses = tuple(t.data_ptr() for group in tensors for t in group)
+    addresses = tuple(
+        t.data_ptr() for group in (params, means, drift_rates, noise_rates) for t in group
+    )
     numels = tuple(p.numel() for p in params)
     table, n_blocks, aligned = _table(addresses, numels, device)
 
@@ -159,7 +164,14 @@ def vsgd_step(
     per_tensor = any(c is not first and c != first for c in constants)
     floats = [value for c in constants for value in c] if per_tensor else list(first)
     floats += [lr, decay, eps, -1.0 if maximize else 1.0]
-    scalars = torch.tensor(floats, dtype=torch.float64).to(device, non_blocking=True)
+    grad_addresses = [g.data_ptr() for g in grads]
+    aligned = aligned and all(address % 16 == 0 for address in grad_addresses)
+    step_table = torch.cat(
+        [
+            torch.tensor(grad_addresses, dtype=torch.int64),
+            torch.tensor(floats, dtype=torch.float64).view(torch.int64),
+        ]
+    ).to(device, non_blocking=True)
 
     state_dtype = means[0].dtype
     options = dict(
@@ -170,7 +182,7 @@ def vsgd_step(
         FLOAT64=state_dtype == torch.float64,
         num_warps=NUM_WARPS,
     )
-    arguments = (table, scalars, len(params), n_blocks)
+    arguments = (table, step_table, step_table.view(torch.float64), len(params), n_blocks)
     aligned = aligned and _hints_work
     try:
         _vsgd_kernel[(n_blocks,)](*arguments, ALIGNED=aligned, **options)
@@ -189,8 +201,8 @@ def _disable_hints() -> None:
     _hints_work = False
 
 
-#: Device tables by (addresses, device), least recently used first; a handful of parameter
-#: groups and gradient layouts live here at once, so a small bound is enough.
+#: Device tables by (addresses, sizes, device, BLOCK), least recently used first; one per
+#: parameter group (and dtype pair) is in use at a time, so a small bound is enough.
 _tables: "OrderedDict[tuple, Tuple[torch.Tensor, int, bool]]" = OrderedDict()
 _MAX_TABLES = 32
 
@@ -215,7 +227,12 @@ def _table(
     first_block = torch.cumsum(counts, 0) - counts
     index_in_tensor = torch.arange(int(counts.sum())) - first_block[tensor_of_block]
     table = torch.cat(
-        [torch.tensor(addresses, dtype=torch.int64), sizes, tensor_of_block, index_in_tensor * BLOCK]
+        [
+            torch.tensor(addresses, dtype=torch.int64),
+            sizes,
+            tensor_of_block,
+            index_in_tensor * BLOCK,
+        ]
     )
     aligned = all(address % 16 == 0 for address in addresses)
     entry = (table.to(device), int(counts.sum()), aligned)
