@@ -49,13 +49,13 @@ def timed(step, device) -> float:
     return time.perf_counter() - start
 
 
-def sweep(problem, device, settings, apply, make_step, rounds):
+def sweep(problem, device, settings, apply, path, rounds):
     """Min step time of each setting, interleaved with fused Adam, as ratios to it."""
     adam = torch.optim.Adam(problem.params, lr=step_time.LR, fused=True)
     steps = {}
     for setting in settings:
         apply(setting)
-        steps[setting] = make_step()
+        steps[setting] = problem.vsgd(path)
         steps[setting]()  # warm-up (Triton compile, tables)
         steps[setting]()
     adam.step()
@@ -134,11 +134,11 @@ def main(argv=None) -> int:
         problem = step_time.Problem(shapes, device)
         report["foreach"][name] = sweep(
             problem, device, FOREACH_BLOCKS, set_foreach_block,
-            lambda: problem.vsgd(_foreach.foreach_vsgd), args.rounds,
+            _foreach.foreach_vsgd, args.rounds,
         )
         report["fused"][name] = sweep(
             problem, device, TRITON_CONFIGS, set_triton,
-            lambda: problem.vsgd(_fused.fused_vsgd), args.rounds,
+            _fused.fused_vsgd, args.rounds,
         )
         for path in ("foreach", "fused"):
             rows = report[path][name]

@@ -66,6 +66,24 @@ def check_authors_expanded_residuals():
     ) == 0
 
 
+def check_scaled_denominator_and_rates():
+    # eq:fast-scaled: with S = a sigma^2 = k b_ghat, the parameter step and the rate updates
+    # the foreach path evaluates equal the direct forms (any a, mu, S, eps, eta, rho).
+    mean, variance = sp.symbols("mean variance", positive=True)
+    eps, lr, rho, rate, square = sp.symbols("eps lr rho rate square", positive=True)
+    scaled = shape * variance
+    direct = lr * mean / (sp.sqrt(mean**2 + variance) + eps)
+    folded = lr * sp.sqrt(shape) * mean / (sp.sqrt(scaled + shape * mean**2) + sp.sqrt(shape) * eps)
+    assert sp.simplify(direct - folded) == 0
+    # b <- (1 - rho) b + rho (gamma + (sigma^2 + r^2) / 2), evaluated as
+    # (rho gamma + (1 - rho) b) + (rho / 2 / a) S + (rho / 2) r^2
+    direct_rate = (1 - rho) * rate + rho * (prior_strength + half * (variance + square))
+    folded_rate = (rho * prior_strength + (1 - rho) * rate) + rho * half / shape * scaled + rho * half * square
+    assert sp.simplify(direct_rate - folded_rate) == 0
+    _, variance_single, _, _ = single_pass()
+    assert sp.simplify(shape * variance_single - drift_rate * noise_rate / (drift_rate + noise_rate)) == 0
+
+
 def check_single_pass_matches_rule_numerically():
     import numpy as np
 
@@ -100,6 +118,7 @@ CHECKS = [
     check_single_pass_equals_textbook,
     check_momentum_is_one_minus_gain,
     check_authors_expanded_residuals,
+    check_scaled_denominator_and_rates,
     check_single_pass_matches_rule_numerically,
 ]
 
