@@ -1,7 +1,8 @@
 r"""The multi-tensor ("foreach") VSGD path: pure PyTorch, nothing compiled.
 
-One call steps a whole list of parameters with ``torch._foreach_*`` operations on the
-single-pass algebraic form of the VSGD update (derived in ``derivations/``; the reference is
+One call steps a whole list of parameters with eager PyTorch operations (``torch._foreach_*``
+on lists of tensors, plain ones on single cache-sized blocks on CPU) on the single-pass
+algebraic form of the VSGD update (derived in ``derivations/``; the reference is
 :func:`vsgd_bayes.rule.step`). With the gain k, the innovation e and the shape a before the
 step,
 
@@ -131,9 +132,10 @@ _Slot = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]  # (theta, g_hat, mu, b_g,
 def _batches(slots: List[_Slot], block_size: int) -> List[List[_Slot]]:
     """Cuts every (theta, g, mu, b_g, b_ghat) into flat blocks and gathers them in batches.
 
-    Blocks of one batch add up to at most ``block_size`` elements, so the scratch buffers of
-    a batch are views into four flat buffers of ``block_size`` elements. Tensors that cannot
-    be viewed flat (non-contiguous) form a batch of their own, with full-size scratch.
+    Blocks of one batch add up to at most ``block_size`` elements, so the scratch of a batch
+    is views into three flat rows of ``block_size`` elements. Tensors that cannot be viewed
+    flat (non-contiguous) form a batch of their own (the rows are then as long as the
+    largest of them).
     """
     batches: List[List[_Slot]] = []
     current: List[_Slot] = []
