@@ -227,10 +227,10 @@ def _step_batch(
     (
         inverse_shape,
         drift_keep,
-        drift_prior,
+        _,  # drift_prior: priors[0], as a tensor
         drift_half_step,
         noise_keep,
-        noise_prior,
+        _,  # noise_prior: priors[1], as a tensor
         noise_half_step,
     ) = constants
     if len(batch) == 1 and batch[0][2].device.type == "cpu":
@@ -353,21 +353,17 @@ def foreach_vsgd(
     # Group by device, state dtype, parameter dtype and step count: within a group every
     # scalar is one Python float and every _foreach list is homogeneous.
     groups: Dict[tuple, List[_Slot]] = defaultdict(list)
-    step_of_group: Dict[tuple, float] = {}
     for param, grad, mean, drift, noise, step in zip(
         params, grads, gradient_means, drift_rates, noise_rates, steps
     ):
         if param.numel() == 0:
             continue
-        step_value = float(step.item())
-        key = (param.device, mean.dtype, param.dtype, grad.dtype, step_value)
+        key = (param.device, mean.dtype, param.dtype, grad.dtype, float(step.item()))
         groups[key].append((param, grad, mean, drift, noise))
-        step_of_group[key] = step_value
 
-    for key, slots in groups.items():
-        device, state_dtype = key[0], key[1]
+    for (device, state_dtype, _, _, step), slots in groups.items():
         constants = step_constants(
-            step_of_group[key],
+            step,
             variance_ratio=variance_ratio,
             prior_strength=prior_strength,
             kappa1=kappa1,
@@ -377,10 +373,13 @@ def foreach_vsgd(
         block_size = BLOCK_SIZE.get(device.type, _DEFAULT_BLOCK_SIZE)
         batches = _batches(slots, block_size)
         largest = max(sum(slot[2].numel() for slot in b) for b in batches)
-        # Three rows (k, e, sigma^2) of one batch each, reused by every one-block batch.
+        # Three rows (k, e, sigma^2) of one batch each, reused by every batch.
         scratch = torch.empty((3, largest), dtype=state_dtype, device=device)
         # rho_1 gamma and rho_2 K_g gamma as 0-dim CPU tensors (usable with any device)
-        priors = tuple(torch.tensor(constants[i], dtype=state_dtype) for i in (2, 5))
+        priors = tuple(
+            torch.tensor(constants[STEP_CONSTANT_NAMES.index(name)], dtype=state_dtype)
+            for name in ("drift_prior", "noise_prior")
+        )
         for batch in batches:
             _step_batch(
                 batch,

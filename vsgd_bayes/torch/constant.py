@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from vsgd_bayes import hyperparameters as hp
+from vsgd_bayes.torch._foreach import increment_steps
 from vsgd_bayes.torch._functional import _as_real, _local, default_foreach
 from vsgd_bayes.torch._single_tensor import parameter_step_, svi_blend_
 from vsgd_bayes.torch.vsgd import (
@@ -137,7 +138,7 @@ def _foreach_constant_vsgd(
     gain = 1.0 / (1.0 + variance_ratio)
     precision_factor = 1.0 + 1.0 / variance_ratio
     for (_, dtype, param_dtype), (ps, gs, means, rts, sts) in groups.items():
-        torch._foreach_add_(sts, 1)
+        increment_steps(sts)
         scalars = [_step_scalars(s, prior_strength, kappa, init, dtype) for s in sts]
         shapes = [shape for shape, _ in scalars]
         step_sizes = [step_size for _, step_size in scalars]
