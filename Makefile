@@ -9,17 +9,23 @@ TORCH_PIN ?= torch==2.13.0
 # environment (--target) so that the CPU torch never imports it.
 TRITON_PIN ?= triton==3.9.0
 
-.PHONY: setup demo validate test bench clean
+.PHONY: setup setup-test demo validate test bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
 	$(PY) -m pip install -q -e ".[all,test]"
+	touch $@
+
+# Only the test suite needs Triton (about 1 GB): `make demo` never downloads it.
+$(VENV)/triton-interpreter/.installed: $(VENV)/.installed
 	$(PY) -m pip install -q --no-deps --target $(VENV)/triton-interpreter $(TRITON_PIN)
 	touch $@
 
 setup: $(VENV)/.installed
+
+setup-test: setup $(VENV)/triton-interpreter/.installed
 
 demo: setup
 	$(PY) -m vsgd_bayes demo
@@ -27,7 +33,7 @@ demo: setup
 validate: setup
 	$(PY) -m vsgd_bayes validate
 
-test: setup
+test: setup-test
 	$(PY) -m pytest -q
 
 bench: setup

@@ -24,10 +24,10 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
-from vsgd_bayes.bench.optimizers import OPTIMIZERS, make_optimizer
-from vsgd_bayes.paper.data import augment, normalize
-from vsgd_bayes.paper.models import build_model
-from vsgd_bayes.paper.train import DEFAULT_LR, EXPERIMENTS
+from vsgd_bayes.apps.bench.optimizers import OPTIMIZERS, make_optimizer
+from vsgd_bayes.apps.paper.data import augment, normalize
+from vsgd_bayes.apps.paper.models import build_model
+from vsgd_bayes.apps.paper.train import DEFAULT_LR, EXPERIMENTS
 
 SHAPES = {"cifar100": (32, 100), "tinyimagenet": (64, 200)}
 

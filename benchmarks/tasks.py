@@ -6,7 +6,7 @@ Example (what benchmarks/RESULTS.md reports):
 
 import sys
 
-from vsgd_bayes.bench.cli import main
+from vsgd_bayes.apps.bench.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from vsgd_bayes.bench import cli, runner
-from vsgd_bayes.bench.optimizers import OPTIMIZERS, make_optimizer
-from vsgd_bayes.bench.tasks import VAE, CharLM, CharTransformer, DigitsCNN, DigitsVAE, make_task, stdlib_text
+from vsgd_bayes.apps.bench import cli, runner
+from vsgd_bayes.apps.bench.optimizers import OPTIMIZERS, make_optimizer
+from vsgd_bayes.apps.bench.tasks import VAE, CharLM, CharTransformer, DigitsCNN, DigitsVAE, make_task, stdlib_text
 
 
 

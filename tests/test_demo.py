@@ -1,8 +1,7 @@
 """``vsgd-bayes demo --quick``: the main job runs, prints its tables and reports failures."""
 
 
-from vsgd_bayes import demo
-
+from vsgd_bayes.apps import demo
 
 
 def test_demo_quick_runs_validation_and_training(capsys):
@@ -19,9 +18,9 @@ def test_demo_quick_runs_validation_and_training(capsys):
 
 
 def test_demo_fails_when_validation_fails(monkeypatch, capsys):
-    from vsgd_bayes import validation
+    from vsgd_bayes.apps import validate
 
-    monkeypatch.setattr(validation, "main", lambda argv: 1)
+    monkeypatch.setattr(validate, "main", lambda argv: 1)
     assert demo.main(["--quick", "--steps", "2"]) == 1
     assert "validation FAILED" in capsys.readouterr().out
 

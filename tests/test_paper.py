@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from vsgd_bayes.paper import cli
-from vsgd_bayes.paper.data import DatasetNotFoundError, augment, load_cifar100, load_tiny_imagenet
-from vsgd_bayes.paper.models import MODELS, build_model
-from vsgd_bayes.paper.train import CHECKPOINT_NAME, _atomic_write
+from vsgd_bayes.apps.paper import cli
+from vsgd_bayes.apps.paper.data import DatasetNotFoundError, augment, load_cifar100, load_tiny_imagenet
+from vsgd_bayes.apps.paper.models import MODELS, build_model
+from vsgd_bayes.apps.paper.train import CHECKPOINT_NAME, _atomic_write
 
 TINY = ["--width-multiplier", "0.0625", "--batch-size", "4", "--no-progress"]
 

@@ -6,12 +6,13 @@ import jax.numpy as jnp
 import pytest
 
 from vsgd_bayes import rule, validation
+from vsgd_bayes.apps import validate
 from vsgd_bayes.elbo import one_step_elbo, one_step_elbo_terms
 
 
 def test_cli_passes_and_writes_json(tmp_path, capsys):
     path = tmp_path / "validate.json"
-    assert validation.main(["--json", str(path)]) == 0
+    assert validate.main(["--json", str(path)]) == 0
     checks = json.loads(path.read_text())["checks"]
     assert [c["name"] for c in checks] == list(validation.CHECKS)
     for check in checks:
@@ -62,3 +63,21 @@ def test_bad_arguments():
         validation.run_checks(0, 0)
     with pytest.raises(ValueError, match=r"Invalid only: \['nope'\]"):
         validation.run_checks(0, 5, only=["nope"])
+
+
+def test_importing_validation_leaves_jax_in_32_bits():
+    # A fresh interpreter: the suite's conftest switches x64 on for every other test.
+    import subprocess
+    import sys
+
+    code = (
+        "import jax, jax.numpy as jnp\n"
+        "import vsgd_bayes.validation as v\n"
+        "assert jnp.zeros(1).dtype == jnp.float32, 'import switched x64 on'\n"
+        "r = v.run_checks(seed=0, cases=2, only=['local_stationary'])\n"
+        "assert r[0].passed, r[0]\n"
+        "assert jnp.zeros(1).dtype == jnp.float32, 'run_checks left x64 on'\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -1,6 +1,6 @@
 """``python -m vsgd_bayes``: the same as the ``vsgd-bayes`` console script."""
 
-from vsgd_bayes.cli import main
+from vsgd_bayes.apps.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

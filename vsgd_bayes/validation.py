@@ -35,33 +35,26 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import math
-import sys
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, NamedTuple, Optional
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.scipy.special import gammaln
+from numpyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
+from numpyro.optim import optax_to_numpyro
 
-jax.config.update("jax_enable_x64", True)  # the checks are float64 checks
+from vsgd_bayes import elbo as elbo_module
+from vsgd_bayes import hyperparameters as hp
+from vsgd_bayes import rule
+from vsgd_bayes.elbo import OneStepVariational
+from vsgd_bayes.model import guide_variational, one_step_guide, one_step_model
 
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from jax.scipy.special import gammaln  # noqa: E402
-from numpyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO  # noqa: E402
-from numpyro.optim import optax_to_numpyro  # noqa: E402
-
-from vsgd_bayes import elbo as elbo_module  # noqa: E402
-from vsgd_bayes import hyperparameters as hp  # noqa: E402
-from vsgd_bayes import rule  # noqa: E402
-from vsgd_bayes.elbo import OneStepVariational  # noqa: E402
-from vsgd_bayes.model import guide_variational, one_step_guide, one_step_model  # noqa: E402
-
-__all__ = ["CheckResult", "Updates", "draw_cases", "run_checks", "main", "TOLERANCES"]
+__all__ = ["CheckResult", "Updates", "draw_cases", "run_checks", "format_table", "TOLERANCES"]
 
 #: Tolerance of each check, with its reason.
 TOLERANCES: Dict[str, float] = {
@@ -626,6 +619,13 @@ def run_checks(
     if unknown:
         raise ValueError(f"Invalid only: {unknown!r} (must be among {CHECKS})")
     updates = Updates() if updates is None else updates
+    # The checks are float64 checks. 64-bit JAX is switched on for their duration only:
+    # importing this module leaves the process's numerics as they were.
+    with jax.enable_x64(True):
+        return _run(seed, cases, updates, names)
+
+
+def _run(seed: int, cases: int, updates: Updates, names: List[str]) -> List[CheckResult]:
     drawn = {k: jnp.asarray(v) for k, v in draw_cases(seed, cases).items()}
     runners = {
         "local_stationary": lambda: _check_local_stationary(drawn, updates),
@@ -648,35 +648,3 @@ def format_table(results: List[CheckResult]) -> str:
             f"{'yes' if r.passed else 'NO'}"
         )
     return "\n".join(lines)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of ``vsgd-bayes validate``: print the table, return 0 iff all checks pass."""
-    parser = argparse.ArgumentParser(
-        prog="vsgd-bayes validate",
-        description="Check VSGD's closed-form updates against the one-step ELBO (float64).",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--cases", type=int, default=50, help="cases per check (default 50)")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    args = parser.parse_args(argv)
-    if args.cases < 1:
-        parser.error(f"argument --cases: must be >= 1, got {args.cases}")
-    if args.seed < 0:
-        parser.error(f"argument --seed: must be >= 0, got {args.seed}")
-    started = time.perf_counter()
-    results = run_checks(args.seed, args.cases)
-    elapsed = time.perf_counter() - started
-    print(format_table(results))
-    for r in results:
-        print(f"  {r.name}: {r.detail}")
-    passed = all(r.passed for r in results)
-    print(f"{'all checks passed' if passed else 'SOME CHECKS FAILED'} ({elapsed:.1f} s)")
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"checks": [r.as_dict() for r in results]}, handle, indent=2)
-    return 0 if passed else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,7 +9,7 @@ and the batch order and augmentation of iteration i depend only on (seed, i), so
 interrupted run continues exactly as an uninterrupted one (bitwise on the CPU).
 
 Example:
-    >>> from vsgd_bayes.paper.train import EXPERIMENTS
+    >>> from vsgd_bayes.apps.paper.train import EXPERIMENTS
     >>> EXPERIMENTS["cifar100-vgg16"].iterations
     30000
 """
@@ -30,9 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vsgd_bayes.bench.optimizers import make_optimizer
-from vsgd_bayes.paper.data import Dataset, augment, normalize
-from vsgd_bayes.paper.models import build_model
+from vsgd_bayes.apps.bench.optimizers import make_optimizer
+from vsgd_bayes.apps.paper.data import Dataset, augment, normalize
+from vsgd_bayes.apps.paper.models import build_model
 
 __all__ = ["Experiment", "EXPERIMENTS", "DEFAULT_LR", "RunConfig", "train", "evaluate", "CHECKPOINT_NAME"]
 

@@ -18,7 +18,7 @@ the test split is only reported. A task object holds its data on ``device`` and 
 * ``evaluate(model, split)``: ``(metric, loss)`` on ``"val"`` or ``"test"``.
 
 Example:
-    >>> from vsgd_bayes.bench.tasks import make_task
+    >>> from vsgd_bayes.apps.bench.tasks import make_task
     >>> task = make_task("digits-cnn")
     >>> task.metric, task.higher_is_better
     ('accuracy', True)

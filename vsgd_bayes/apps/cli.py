@@ -13,10 +13,10 @@ from typing import List, Optional
 
 #: subcommand -> (module, one-line help)
 COMMANDS = {
-    "validate": ("vsgd_bayes.validation", "check the closed-form updates against the ELBO"),
-    "demo": ("vsgd_bayes.demo", "validation plus a short training demo on scikit-learn digits"),
-    "bench": ("vsgd_bayes.bench.cli", "compare VSGD with AdamW and SGD on small real tasks"),
-    "paper": ("vsgd_bayes.paper.cli", "run the paper's CIFAR-100 / Tiny ImageNet setups"),
+    "validate": ("vsgd_bayes.apps.validate", "check the closed-form updates against the ELBO"),
+    "demo": ("vsgd_bayes.apps.demo", "validation plus a short training demo on scikit-learn digits"),
+    "bench": ("vsgd_bayes.apps.bench.cli", "compare VSGD with AdamW and SGD on small real tasks"),
+    "paper": ("vsgd_bayes.apps.paper.cli", "run the paper's CIFAR-100 / Tiny ImageNet setups"),
 }
 
 

@@ -21,8 +21,8 @@ import os
 import sys
 from typing import List, Optional
 
-from vsgd_bayes.bench.optimizers import OPTIMIZERS
-from vsgd_bayes.paper.train import DEFAULT_LR, EXPERIMENTS
+from vsgd_bayes.apps.bench.optimizers import OPTIMIZERS
+from vsgd_bayes.apps.paper.train import DEFAULT_LR, EXPERIMENTS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,9 +68,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     import torch
 
-    from vsgd_bayes.bench.runner import show_progress
-    from vsgd_bayes.paper.data import DatasetNotFoundError, load_dataset
-    from vsgd_bayes.paper.train import RunConfig, train
+    from vsgd_bayes.apps.bench.runner import show_progress
+    from vsgd_bayes.apps.paper.data import DatasetNotFoundError, load_dataset
+    from vsgd_bayes.apps.paper.train import RunConfig, train
 
     if args.device.startswith("cuda"):
         if not torch.cuda.is_available():

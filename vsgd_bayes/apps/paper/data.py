@@ -15,7 +15,7 @@ only crop + flip is done here (stated in the CLI help).
 
 Example:
     >>> import torch
-    >>> from vsgd_bayes.paper.data import augment
+    >>> from vsgd_bayes.apps.paper.data import augment
     >>> images = torch.zeros(4, 3, 32, 32, dtype=torch.uint8)
     >>> augment(images, torch.Generator().manual_seed(0)).shape
     torch.Size([4, 3, 32, 32])

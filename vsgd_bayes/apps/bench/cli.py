@@ -19,8 +19,8 @@ import sys
 import time
 from typing import List, Optional
 
-from vsgd_bayes.bench.optimizers import OPTIMIZERS
-from vsgd_bayes.bench.tasks import TASKS
+from vsgd_bayes.apps.bench.optimizers import OPTIMIZERS
+from vsgd_bayes.apps.bench.tasks import TASKS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +58,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     import torch
 
-    from vsgd_bayes.bench.runner import format_table, plot_curves, run_task
+    from vsgd_bayes.apps.bench.runner import format_table, plot_curves, run_task
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)

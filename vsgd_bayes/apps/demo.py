@@ -1,7 +1,7 @@
 """``vsgd-bayes demo`` (``make demo``): the main job.
 
 1. Runs the validation of the closed-form updates against the ELBO
-   (:func:`vsgd_bayes.validation.main`, which prints its table).
+   (:func:`vsgd_bayes.apps.validate.main`, which prints its table).
 2. Trains the small CNN of the ``digits-cnn`` benchmark on scikit-learn's handwritten digits
    with VSGD and with AdamW (same budget, 600 steps for each of 3 seeds, learning rates chosen
    on validation by the benchmark) and prints the final test accuracy (mean ± std over seeds),
@@ -40,9 +40,9 @@ def train_demo(steps: int, seeds: int = 1, threads: Optional[int] = 1) -> List[d
     import numpy as np
     import torch
 
-    from vsgd_bayes.bench.optimizers import LABELS
-    from vsgd_bayes.bench.runner import train_once
-    from vsgd_bayes.bench.tasks import DigitsCNN, TaskSettings
+    from vsgd_bayes.apps.bench.optimizers import LABELS
+    from vsgd_bayes.apps.bench.runner import train_once
+    from vsgd_bayes.apps.bench.tasks import DigitsCNN, TaskSettings
 
     if threads is not None:
         # The CNN is tiny: one thread is fastest and its timings are the least noisy.
@@ -93,10 +93,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.skip_validation:
         print("== 1. Validation: closed-form updates against the ELBO ==")
         # Imported lazily: it needs JAX, the training part needs torch.
-        from vsgd_bayes import validation
+        from vsgd_bayes.apps import validate
 
         validation_args = ["--cases", str(VALIDATION_CASES_QUICK)] if args.quick else []
-        if validation.main(validation_args) != 0:
+        if validate.main(validation_args) != 0:
             print("validation FAILED")
             status = 1
         print()

@@ -14,7 +14,7 @@
 
 Example:
     >>> import torch
-    >>> from vsgd_bayes.paper.models import build_model
+    >>> from vsgd_bayes.apps.paper.models import build_model
     >>> model = build_model("convmixer", num_classes=3, width_multiplier=1 / 16)
     >>> model(torch.zeros(2, 3, 32, 32)).shape
     torch.Size([2, 3])

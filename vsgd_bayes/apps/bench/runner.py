@@ -10,7 +10,7 @@ For every task and optimizer, with the same budget (steps, batch size) for all:
    time per training step and per optimizer step.
 
 Example:
-    >>> from vsgd_bayes.bench.runner import run_task
+    >>> from vsgd_bayes.apps.bench.runner import run_task
     >>> result = run_task("digits-cnn", optimizers=["adamw"], seeds=1, quick=True,
     ...                   lr_grids={"adamw": [1e-3]}, progress=False)
     >>> result["summary"]["adamw"]["lr"]
@@ -28,8 +28,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from vsgd_bayes.bench.optimizers import LABELS, OPTIMIZERS, check_optimizer_name, make_optimizer
-from vsgd_bayes.bench.tasks import make_task
+from vsgd_bayes.apps.bench.optimizers import LABELS, OPTIMIZERS, check_optimizer_name, make_optimizer
+from vsgd_bayes.apps.bench.tasks import make_task
 
 __all__ = ["LR_GRIDS", "QUICK_LR_GRIDS", "train_once", "run_task", "format_table", "plot_curves", "show_progress"]
 
@@ -150,7 +150,7 @@ def run_task(
 
     Args:
         task_name: one of ``digits-cnn``, ``digits-vae``, ``char-lm``.
-        optimizers: names from :data:`vsgd_bayes.bench.optimizers.OPTIMIZERS`.
+        optimizers: names from :data:`vsgd_bayes.apps.bench.optimizers.OPTIMIZERS`.
         seeds: number of seeds (0, 1, ...); seed 0 also runs the learning-rate grid.
         quick: the task's tiny CI settings and two-point grids.
         device: torch device of the data and the models.

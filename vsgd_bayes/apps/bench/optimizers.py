@@ -7,7 +7,7 @@ ConstantVSGD and AdamW, L2 for SGD, as each is usually run).
 
 Example:
     >>> import torch
-    >>> from vsgd_bayes.bench.optimizers import make_optimizer
+    >>> from vsgd_bayes.apps.bench.optimizers import make_optimizer
     >>> layer = torch.nn.Linear(2, 1)
     >>> make_optimizer("adamw", layer.parameters(), lr=1e-3).__class__.__name__
     'AdamW'
