@@ -76,7 +76,7 @@ def test_prior_and_posterior_shapes(init, offset):
 
 
 def test_reference_first_step_variances_match_the_spec():
-    # Spec section 4: with defaults the reference step-1 variances are ~2.0e-4 and ~6.0e-3.
+    # The authors' code: with defaults the reference step-1 variances are ~2.0e-4 and ~6.0e-3.
     gamma, ratio = 1e-8, 30.0
     a0 = hp.prior_shape(gamma, "reference")
     assert gamma / a0 == pytest.approx(2.0 * gamma / (2.0 * gamma + 1e-4), rel=1e-12)

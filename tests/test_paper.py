@@ -14,12 +14,16 @@ import pytest
 import torch
 
 from vsgd_bayes.apps.paper import cli
-from vsgd_bayes.apps.paper.data import DatasetNotFoundError, augment, load_cifar100, load_tiny_imagenet
+from vsgd_bayes.apps.paper.data import (
+    DatasetNotFoundError,
+    augment,
+    load_cifar100,
+    load_tiny_imagenet,
+)
 from vsgd_bayes.apps.paper.models import MODELS, build_model
 from vsgd_bayes.apps.paper.train import CHECKPOINT_NAME, _atomic_write
 
 TINY = ["--width-multiplier", "0.0625", "--batch-size", "4", "--no-progress"]
-
 
 
 def write_cifar100(root, train=24, test=9, classes=3, seed=0):
@@ -29,7 +33,10 @@ def write_cifar100(root, train=24, test=9, classes=3, seed=0):
     labels = {}
     for split, count in (("train", train), ("test", test)):
         labels[split] = [int(i % classes) for i in range(count)]
-        batch = {b"data": rng.randint(0, 256, (count, 3072)).astype(np.uint8), b"fine_labels": labels[split]}
+        batch = {
+            b"data": rng.randint(0, 256, (count, 3072)).astype(np.uint8),
+            b"fine_labels": labels[split],
+        }
         with open(folder / split, "wb") as handle:
             pickle.dump(batch, handle)
     with open(folder / "meta", "wb") as handle:
@@ -53,7 +60,9 @@ def write_tiny_imagenet(root, per_class=4, val=6, size=64, seed=0):
             Image.fromarray(pixels).save(images / f"{wnid}_{i}.JPEG")
     lines = []
     for i in range(val):
-        Image.fromarray(rng.randint(0, 256, (size, size, 3)).astype(np.uint8)).save(folder / "val" / "images" / f"val_{i}.JPEG")
+        Image.fromarray(rng.randint(0, 256, (size, size, 3)).astype(np.uint8)).save(
+            folder / "val" / "images" / f"val_{i}.JPEG"
+        )
         lines.append(f"val_{i}.JPEG\t{wnids[i % 3]}\t0\t0\t{size}\t{size}")
     (folder / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
     return wnids
@@ -75,7 +84,10 @@ def test_cifar100_loader_reads_pickles(tmp_path):
     # Rows are channel-major: the first 1024 bytes are the red plane, row by row.
     assert np.array_equal(data.train_images[2, 0].numpy().ravel(), raw[2, :1024])
     assert np.array_equal(data.train_images[2, 2].numpy().ravel(), raw[2, 2048:])
-    assert data.train_labels.tolist() == labels["train"] and data.test_labels.tolist() == labels["test"]
+    assert (
+        data.train_labels.tolist() == labels["train"]
+        and data.test_labels.tolist() == labels["test"]
+    )
     assert data.num_classes == 3
 
 
@@ -90,10 +102,13 @@ def test_tiny_imagenet_loader_labels_follow_sorted_wnids(tmp_path):
     assert data.test_labels.tolist() == [2, 0, 1, 2, 0, 1]
 
 
-@pytest.mark.parametrize("experiment, layout", [
-    ("cifar100-vgg16", "cifar-100-python/{train,test,meta}"),
-    ("tinyimagenet-convmixer", "tiny-imagenet-200/{wnids.txt"),
-])
+@pytest.mark.parametrize(
+    "experiment, layout",
+    [
+        ("cifar100-vgg16", "cifar-100-python/{train,test,meta}"),
+        ("tinyimagenet-convmixer", "tiny-imagenet-200/{wnids.txt"),
+    ],
+)
 def test_missing_data_names_the_expected_layout(tmp_path, capsys, experiment, layout):
     assert cli.main([experiment, "--data-dir", str(tmp_path), *TINY]) == 2
     assert layout in capsys.readouterr().err
@@ -102,7 +117,9 @@ def test_missing_data_names_the_expected_layout(tmp_path, capsys, experiment, la
 
 
 def test_augment_is_a_shifted_and_flipped_window():
-    images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = torch.randint(
+        0, 256, (16, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     out = augment(images, torch.Generator().manual_seed(1), padding=2)
     again = augment(images, torch.Generator().manual_seed(1), padding=2)
     assert torch.equal(out, again)
@@ -140,12 +157,26 @@ def read_log(path):
     with open(path) as handle:
         log = json.load(handle)
     # Wall time differs between runs by nature; everything else must match.
-    return log, [{k: v for k, v in r.items() if k != "seconds_this_session"} for r in log["records"]]
+    return log, [
+        {k: v for k, v in r.items() if k != "seconds_this_session"} for r in log["records"]
+    ]
 
 
 def test_interrupted_run_resumes_exactly(cifar_dir, tmp_path):
-    common = ["cifar100-vgg16", "--data-dir", str(cifar_dir), "--optimizer", "vsgd", "--iterations", "8",
-              "--eval-every", "3", "--seed", "5", *TINY]
+    common = [
+        "cifar100-vgg16",
+        "--data-dir",
+        str(cifar_dir),
+        "--optimizer",
+        "vsgd",
+        "--iterations",
+        "8",
+        "--eval-every",
+        "3",
+        "--seed",
+        "5",
+        *TINY,
+    ]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert cli.main([*common, "--checkpoint-dir", str(whole)]) == 0
     # Interrupted after 4 iterations (mid-epoch: 24 images / batch 4 = 6 per epoch, and before
@@ -163,7 +194,9 @@ def test_interrupted_run_resumes_exactly(cifar_dir, tmp_path):
         assert torch.equal(a["model"][key], b["model"][key]), key
     for index, state in a["optimizer"]["state"].items():
         for key, value in state.items():
-            assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["optimizer"]["state"][index][key])), key
+            assert torch.equal(
+                torch.as_tensor(value), torch.as_tensor(b["optimizer"]["state"][index][key])
+            ), key
     assert a["scheduler"] == b["scheduler"] and a["scheduler"]["last_epoch"] == 8
     log_a, records_a = read_log(whole / "log.json")
     log_b, records_b = read_log(parts / "log.json")
@@ -174,7 +207,16 @@ def test_interrupted_run_resumes_exactly(cifar_dir, tmp_path):
 
 
 def test_resume_refuses_a_different_configuration(cifar_dir, tmp_path, capsys):
-    common = ["cifar100-convmixer", "--data-dir", str(cifar_dir), "--iterations", "2", "--checkpoint-dir", str(tmp_path), *TINY]
+    common = [
+        "cifar100-convmixer",
+        "--data-dir",
+        str(cifar_dir),
+        "--iterations",
+        "2",
+        "--checkpoint-dir",
+        str(tmp_path),
+        *TINY,
+    ]
     assert cli.main([*common, "--optimizer", "adamw", "--max-iterations", "1"]) == 0
     with pytest.raises(ValueError, match=r"different configuration.*'lr'.*'optimizer'"):
         cli.main([*common, "--optimizer", "sgd"])
@@ -183,12 +225,31 @@ def test_resume_refuses_a_different_configuration(cifar_dir, tmp_path, capsys):
 def test_tiny_imagenet_end_to_end(tmp_path):
     write_tiny_imagenet(tmp_path)
     log = tmp_path / "run.json"
-    assert cli.main(["tinyimagenet-resnext18", "--data-dir", str(tmp_path), "--optimizer", "sgd", "--iterations", "2",
-                     "--eval-every", "1", "--log", str(log), *TINY]) == 0
+    assert (
+        cli.main(
+            [
+                "tinyimagenet-resnext18",
+                "--data-dir",
+                str(tmp_path),
+                "--optimizer",
+                "sgd",
+                "--iterations",
+                "2",
+                "--eval-every",
+                "1",
+                "--log",
+                str(log),
+                *TINY,
+            ]
+        )
+        == 0
+    )
     records = json.loads(log.read_text())["records"]
     assert [r["iteration"] for r in records] == [1, 2]
     # 6 test images, so the accuracy is a multiple of 1/6 and the loss finite.
-    assert all(round(6 * r["test_accuracy"]) == pytest.approx(6 * r["test_accuracy"]) for r in records)
+    assert all(
+        round(6 * r["test_accuracy"]) == pytest.approx(6 * r["test_accuracy"]) for r in records
+    )
     assert all(np.isfinite(r["test_loss"]) for r in records)
 
 
@@ -221,8 +282,27 @@ def test_paper_speed_script_writes_json(tmp_path):
     paper_speed = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(paper_speed)
     out = tmp_path / "speed.json"
-    assert paper_speed.main(["--device", "cpu", "--experiment", "cifar100-convmixer", "--iterations", "2",
-                             "--warmup", "1", "--width-multiplier", "0.0625", "--batch-size", "4", "--json", str(out)]) == 0
+    assert (
+        paper_speed.main(
+            [
+                "--device",
+                "cpu",
+                "--experiment",
+                "cifar100-convmixer",
+                "--iterations",
+                "2",
+                "--warmup",
+                "1",
+                "--width-multiplier",
+                "0.0625",
+                "--batch-size",
+                "4",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     results = json.loads(out.read_text())["results"]
     assert [r["optimizer"] for r in results] == ["vsgd", "adamw"]
     assert all(r["iterations_per_second"] > 0 and np.isfinite(r["final_loss"]) for r in results)

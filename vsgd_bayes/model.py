@@ -5,7 +5,7 @@ Site names are the paper's symbols: ``w_g`` (precision of the true gradient's dr
 mini-batch gradient). Coordinates are independent and live in a plate named
 ``"coordinates"``.
 
-One step (spec section 2, per coordinate; gamma = ``prior_strength``, K_g =
+One step (per coordinate; gamma = ``prior_strength``, K_g =
 ``variance_ratio``, a_0 = ``prior_shape``, mu_{t-1} = ``gradient_mean_prev``):
 
 .. math::

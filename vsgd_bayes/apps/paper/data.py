@@ -27,12 +27,19 @@ import os
 import pickle
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import List, Tuple
 
 import numpy as np
 import torch
 
-__all__ = ["Dataset", "DatasetNotFoundError", "load_cifar100", "load_tiny_imagenet", "load_dataset", "augment", "normalize"]
+__all__ = [
+    "Dataset",
+    "DatasetNotFoundError",
+    "load_cifar100",
+    "load_tiny_imagenet",
+    "load_dataset",
+    "augment",
+    "normalize",
+]
 
 CIFAR100_LAYOUT = "cifar-100-python/{train,test,meta} (the CIFAR-100 'python version' pickles)"
 TINY_IMAGENET_LAYOUT = (
@@ -55,10 +62,10 @@ class Dataset:
     test_images: torch.Tensor
     test_labels: torch.Tensor
     num_classes: int
-    mean: Tuple[float, float, float]
-    std: Tuple[float, float, float]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
 
-    def to(self, device: torch.device) -> "Dataset":
+    def to(self, device: torch.device) -> Dataset:
         for field in ("train_images", "train_labels", "test_images", "test_labels"):
             setattr(self, field, getattr(self, field).to(device))
         return self
@@ -70,7 +77,8 @@ def _find(data_dir: str, folder: str, marker: str, layout: str) -> str:
         if os.path.exists(os.path.join(root, marker)):
             return root
     raise DatasetNotFoundError(
-        f"Invalid data_dir: {data_dir!r} (expected {layout} under it; {os.path.join(data_dir, folder, marker)!r} not found)"
+        f"Invalid data_dir: {data_dir!r} (expected {layout} under it; "
+        f"{os.path.join(data_dir, folder, marker)!r} not found)"
     )
 
 
@@ -81,7 +89,9 @@ def load_cifar100(data_dir: str) -> Dataset:
     for split in ("train", "test"):
         path = os.path.join(root, split)
         if not os.path.exists(path):
-            raise DatasetNotFoundError(f"Invalid data_dir: {data_dir!r} (expected {CIFAR100_LAYOUT}; {path!r} not found)")
+            raise DatasetNotFoundError(
+                f"Invalid data_dir: {data_dir!r} (expected {CIFAR100_LAYOUT}; {path!r} not found)"
+            )
         with open(path, "rb") as handle:
             batch = pickle.load(handle, encoding="bytes")
         images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
@@ -93,13 +103,17 @@ def load_cifar100(data_dir: str) -> Dataset:
         with open(meta, "rb") as handle:
             num_classes = len(pickle.load(handle, encoding="bytes")[b"fine_label_names"])
     return Dataset(
-        "cifar100", *splits["train"], *splits["test"], num_classes,
+        "cifar100",
+        *splits["train"],
+        *splits["test"],
+        num_classes,
         # Per-channel statistics of the CIFAR-100 training images.
-        mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
+        mean=(0.5071, 0.4865, 0.4409),
+        std=(0.2673, 0.2564, 0.2762),
     )
 
 
-def _read_images(paths: List[str]) -> torch.Tensor:
+def _read_images(paths: list[str]) -> torch.Tensor:
     from PIL import Image
 
     def read(path: str) -> np.ndarray:
@@ -125,13 +139,19 @@ def load_tiny_imagenet(data_dir: str) -> Dataset:
     for wnid in wnids:
         folder = os.path.join(root, "train", wnid, "images")
         if not os.path.isdir(folder):
-            raise DatasetNotFoundError(f"Invalid data_dir: {data_dir!r} (expected {TINY_IMAGENET_LAYOUT}; {folder!r} not found)")
+            raise DatasetNotFoundError(
+                f"Invalid data_dir: {data_dir!r} "
+                f"(expected {TINY_IMAGENET_LAYOUT}; {folder!r} not found)"
+            )
         names = sorted(name for name in os.listdir(folder) if name.endswith(".JPEG"))
         train_paths += [os.path.join(folder, name) for name in names]
         train_labels += [label_of[wnid]] * len(names)
     annotations = os.path.join(root, "val", "val_annotations.txt")
     if not os.path.exists(annotations):
-        raise DatasetNotFoundError(f"Invalid data_dir: {data_dir!r} (expected {TINY_IMAGENET_LAYOUT}; {annotations!r} not found)")
+        raise DatasetNotFoundError(
+            f"Invalid data_dir: {data_dir!r} "
+            f"(expected {TINY_IMAGENET_LAYOUT}; {annotations!r} not found)"
+        )
     test_paths, test_labels = [], []
     with open(annotations) as handle:
         for line in sorted(handle):
@@ -141,14 +161,19 @@ def load_tiny_imagenet(data_dir: str) -> Dataset:
             test_paths.append(os.path.join(root, "val", "images", fields[0]))
             test_labels.append(label_of[fields[1]])
     if not train_paths or not test_paths:
-        raise DatasetNotFoundError(f"Invalid data_dir: {data_dir!r} (no images found; expected {TINY_IMAGENET_LAYOUT})")
+        raise DatasetNotFoundError(
+            f"Invalid data_dir: {data_dir!r} (no images found; expected {TINY_IMAGENET_LAYOUT})"
+        )
     return Dataset(
         "tinyimagenet",
-        _read_images(train_paths), torch.tensor(train_labels, dtype=torch.int64),
-        _read_images(test_paths), torch.tensor(test_labels, dtype=torch.int64),
+        _read_images(train_paths),
+        torch.tensor(train_labels, dtype=torch.int64),
+        _read_images(test_paths),
+        torch.tensor(test_labels, dtype=torch.int64),
         len(wnids),
         # ImageNet statistics, as the authors' pipeline uses.
-        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
     )
 
 
@@ -184,4 +209,6 @@ def augment(images: torch.Tensor, generator: torch.Generator, padding: int = 4) 
     columns = torch.where(flips.view(count, 1), columns.flip(1), columns)
     batch_index = torch.arange(count, device=images.device).view(count, 1, 1, 1)
     channel_index = torch.arange(channels, device=images.device).view(1, channels, 1, 1)
-    return padded[batch_index, channel_index, rows.view(count, 1, height, 1), columns.view(count, 1, 1, width)]
+    return padded[
+        batch_index, channel_index, rows.view(count, 1, height, 1), columns.view(count, 1, 1, width)
+    ]

@@ -22,7 +22,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import List, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -31,8 +31,49 @@ __all__ = ["MODELS", "build_model", "VGG", "ConvMixer", "ResNeXt"]
 
 VGG_CONFIGURATIONS = {
     # "M" is a 2x2 max-pooling, a number the output channels of a 3x3 convolution.
-    "vgg16_bn": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-    "vgg19_bn": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+    "vgg16_bn": [
+        64,
+        64,
+        "M",
+        128,
+        128,
+        "M",
+        256,
+        256,
+        256,
+        "M",
+        512,
+        512,
+        512,
+        "M",
+        512,
+        512,
+        512,
+        "M",
+    ],
+    "vgg19_bn": [
+        64,
+        64,
+        "M",
+        128,
+        128,
+        "M",
+        256,
+        256,
+        256,
+        256,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+    ],
 }
 
 
@@ -60,16 +101,25 @@ def _he_initialisation(model: nn.Module) -> None:
 class VGG(nn.Module):
     """VGG with BatchNorm; global average pooling and a linear classifier."""
 
-    def __init__(self, configuration: Sequence[Union[int, str]], num_classes: int, width_multiplier: float = 1.0) -> None:
+    def __init__(
+        self,
+        configuration: Sequence[int | str],
+        num_classes: int,
+        width_multiplier: float = 1.0,
+    ) -> None:
         super().__init__()
-        layers: List[nn.Module] = []
+        layers: list[nn.Module] = []
         channels = 3
         for item in configuration:
             if item == "M":
                 layers.append(nn.MaxPool2d(2))
                 continue
             out = _scaled(int(item), width_multiplier)
-            layers += [nn.Conv2d(channels, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(channels, out, 3, padding=1),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+            ]
             channels = out
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -92,19 +142,34 @@ class _Residual(nn.Module):
 class ConvMixer(nn.Module):
     """ConvMixer-dim/depth: patch embedding, then depth x (residual depthwise, pointwise)."""
 
-    def __init__(self, num_classes: int, dim: int = 256, depth: int = 8, kernel_size: int = 5,
-                 patch_size: int = 2, width_multiplier: float = 1.0) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        dim: int = 256,
+        depth: int = 8,
+        kernel_size: int = 5,
+        patch_size: int = 2,
+        width_multiplier: float = 1.0,
+    ) -> None:
         super().__init__()
         dim = _scaled(dim, width_multiplier)
-        blocks: List[nn.Module] = [
-            nn.Conv2d(3, dim, patch_size, stride=patch_size), nn.GELU(), nn.BatchNorm2d(dim)
+        blocks: list[nn.Module] = [
+            nn.Conv2d(3, dim, patch_size, stride=patch_size),
+            nn.GELU(),
+            nn.BatchNorm2d(dim),
         ]
         for _ in range(depth):
             blocks += [
-                _Residual(nn.Sequential(
-                    nn.Conv2d(dim, dim, kernel_size, groups=dim, padding="same"), nn.GELU(), nn.BatchNorm2d(dim)
-                )),
-                nn.Conv2d(dim, dim, 1), nn.GELU(), nn.BatchNorm2d(dim),
+                _Residual(
+                    nn.Sequential(
+                        nn.Conv2d(dim, dim, kernel_size, groups=dim, padding="same"),
+                        nn.GELU(),
+                        nn.BatchNorm2d(dim),
+                    )
+                ),
+                nn.Conv2d(dim, dim, 1),
+                nn.GELU(),
+                nn.BatchNorm2d(dim),
             ]
         self.features = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -117,18 +182,33 @@ class ConvMixer(nn.Module):
 class _Bottleneck(nn.Module):
     """1x1 reduce -> grouped 3x3 (cardinality groups, stride) -> 1x1 expand, plus shortcut."""
 
-    def __init__(self, channels_in: int, channels_out: int, grouped_width: int, cardinality: int, stride: int) -> None:
+    def __init__(
+        self, channels_in: int, channels_out: int, grouped_width: int, cardinality: int, stride: int
+    ) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(channels_in, grouped_width, 1, bias=False), nn.BatchNorm2d(grouped_width), nn.ReLU(inplace=True),
-            nn.Conv2d(grouped_width, grouped_width, 3, stride=stride, padding=1, groups=cardinality, bias=False),
-            nn.BatchNorm2d(grouped_width), nn.ReLU(inplace=True),
-            nn.Conv2d(grouped_width, channels_out, 1, bias=False), nn.BatchNorm2d(channels_out),
+            nn.Conv2d(channels_in, grouped_width, 1, bias=False),
+            nn.BatchNorm2d(grouped_width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(
+                grouped_width,
+                grouped_width,
+                3,
+                stride=stride,
+                padding=1,
+                groups=cardinality,
+                bias=False,
+            ),
+            nn.BatchNorm2d(grouped_width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(grouped_width, channels_out, 1, bias=False),
+            nn.BatchNorm2d(channels_out),
         )
         self.shortcut = nn.Identity()
         if stride != 1 or channels_in != channels_out:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(channels_in, channels_out, 1, stride=stride, bias=False), nn.BatchNorm2d(channels_out)
+                nn.Conv2d(channels_in, channels_out, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(channels_out),
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,19 +218,32 @@ class _Bottleneck(nn.Module):
 class ResNeXt(nn.Module):
     """CIFAR ResNeXt: 3x3 stem (64), three stages of bottlenecks (strides 1, 2, 2), pooling."""
 
-    def __init__(self, num_classes: int, depth: int = 18, cardinality: int = 8, base_width: int = 64,
-                 widen_factor: int = 4, width_multiplier: float = 1.0) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        depth: int = 18,
+        cardinality: int = 8,
+        base_width: int = 64,
+        widen_factor: int = 4,
+        width_multiplier: float = 1.0,
+    ) -> None:
         super().__init__()
         # Blocks per stage as in the CIFAR ResNeXt: (depth - 2) // 9 (3 for ResNeXt-29, 1 for 18).
         blocks_per_stage = (depth - 2) // 9
         if blocks_per_stage < 1:
             raise ValueError(f"Invalid depth: {depth!r} (must be >= 11)")
         stem = _scaled(64, width_multiplier)
-        layers: List[nn.Module] = [nn.Conv2d(3, stem, 3, padding=1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, stem, 3, padding=1, bias=False),
+            nn.BatchNorm2d(stem),
+            nn.ReLU(inplace=True),
+        ]
         channels = stem
         for stage in range(3):
             out = _scaled(64 * widen_factor * 2**stage, width_multiplier)
-            grouped = _scaled(cardinality * base_width * 2**stage, width_multiplier, multiple_of=cardinality)
+            grouped = _scaled(
+                cardinality * base_width * 2**stage, width_multiplier, multiple_of=cardinality
+            )
             for block in range(blocks_per_stage):
                 stride = 2 if stage > 0 and block == 0 else 1
                 layers.append(_Bottleneck(channels, out, grouped, cardinality, stride))

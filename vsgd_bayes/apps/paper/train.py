@@ -23,8 +23,9 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +35,15 @@ from vsgd_bayes.apps.bench.optimizers import make_optimizer
 from vsgd_bayes.apps.paper.data import Dataset, augment, normalize
 from vsgd_bayes.apps.paper.models import build_model
 
-__all__ = ["Experiment", "EXPERIMENTS", "DEFAULT_LR", "RunConfig", "train", "evaluate", "CHECKPOINT_NAME"]
+__all__ = [
+    "Experiment",
+    "EXPERIMENTS",
+    "DEFAULT_LR",
+    "RunConfig",
+    "train",
+    "evaluate",
+    "CHECKPOINT_NAME",
+]
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,7 @@ class Experiment:
     lr_halving_every: int
 
 
-EXPERIMENTS: Dict[str, Experiment] = {
+EXPERIMENTS: dict[str, Experiment] = {
     "cifar100-vgg16": Experiment("cifar100", "vgg16_bn", 256, 30_000, 10_000),
     "cifar100-convmixer": Experiment("cifar100", "convmixer", 256, 30_000, 10_000),
     "cifar100-resnext18": Experiment("cifar100", "resnext18", 128, 30_000, 10_000),
@@ -81,13 +90,16 @@ class RunConfig:
     eval_every: int
     checkpoint_every: int
 
-    def as_dict(self) -> Dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 def _seed_for(seed: int, purpose: int, index: int) -> int:
     # A well-mixed 63-bit seed for (run seed, purpose, index); independent of Python's hash.
-    return int(np.random.SeedSequence([seed, purpose, index]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+    return int(
+        np.random.SeedSequence([seed, purpose, index]).generate_state(2, dtype=np.uint64)[0]
+        >> np.uint64(1)
+    )
 
 
 class BatchSchedule:
@@ -95,7 +107,9 @@ class BatchSchedule:
 
     def __init__(self, size: int, batch_size: int, seed: int) -> None:
         if batch_size > size:
-            raise ValueError(f"Invalid batch_size: {batch_size!r} (larger than the {size} training images)")
+            raise ValueError(
+                f"Invalid batch_size: {batch_size!r} (larger than the {size} training images)"
+            )
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.batches_per_epoch = size // batch_size
         self._epoch, self._order = -1, None
@@ -112,7 +126,7 @@ class BatchSchedule:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: Dataset, batch_size: int = 500) -> Dict[str, float]:
+def evaluate(model: torch.nn.Module, data: Dataset, batch_size: int = 500) -> dict[str, float]:
     """Test loss and accuracy (no augmentation, BatchNorm in inference mode)."""
     was_training = model.training
     model.eval()
@@ -133,7 +147,9 @@ def _atomic_write(path: str, write: Callable[[str], None]) -> None:
     # old file or the new one, never a truncated one.
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    handle, temporary = tempfile.mkstemp(
+        dir=directory, prefix=".tmp-", suffix=os.path.basename(path)
+    )
     os.close(handle)
     try:
         write(temporary)
@@ -146,14 +162,18 @@ def _atomic_write(path: str, write: Callable[[str], None]) -> None:
         raise
 
 
-def _rng_state() -> Dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+def _rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: Dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
@@ -161,7 +181,9 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _write_log(path: Optional[str], config: RunConfig, records: List[Dict[str, Any]], finished: bool) -> None:
+def _write_log(
+    path: str | None, config: RunConfig, records: list[dict[str, Any]], finished: bool
+) -> None:
     if path is None:
         return
     payload = {"config": config.as_dict(), "finished": finished, "records": records}
@@ -177,12 +199,12 @@ def train(
     config: RunConfig,
     data: Dataset,
     device: str = "cpu",
-    checkpoint_dir: Optional[str] = None,
-    log_path: Optional[str] = None,
-    max_iterations: Optional[int] = None,
-    log: Optional[Callable[[str], None]] = print,
+    checkpoint_dir: str | None = None,
+    log_path: str | None = None,
+    max_iterations: int | None = None,
+    log: Callable[[str], None] | None = print,
     progress: bool = False,
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     """Train (or resume) the run ``config`` on ``data``; return the final state summary.
 
     Args:
@@ -205,8 +227,12 @@ def train(
     data = data.to(device)
     torch.manual_seed(config.seed)
     model = build_model(experiment.model, data.num_classes, config.width_multiplier).to(device)
-    optimizer = make_optimizer(config.optimizer, model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_halving_every, gamma=0.5)
+    optimizer = make_optimizer(
+        config.optimizer, model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.StepLR(
+        optimizer, step_size=config.lr_halving_every, gamma=0.5
+    )
     iteration, records = 0, []
     running = {"loss_sum": 0.0, "count": 0}
     checkpoint_path = os.path.join(checkpoint_dir, CHECKPOINT_NAME) if checkpoint_dir else None
@@ -215,16 +241,23 @@ def train(
         # the weights and the optimizer state onto the parameters' device.
         checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         if checkpoint["config"] != config.as_dict():
-            differing = sorted(k for k in config.as_dict() if checkpoint["config"].get(k) != config.as_dict()[k])
+            differing = sorted(
+                k for k in config.as_dict() if checkpoint["config"].get(k) != config.as_dict()[k]
+            )
             raise ValueError(
-                f"Invalid checkpoint_dir: {checkpoint_dir!r} holds a run with a different configuration "
+                f"Invalid checkpoint_dir: {checkpoint_dir!r} holds a run with a different "
+                "configuration "
                 f"(differs in {differing}); use another --checkpoint-dir"
             )
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         _set_rng_state(checkpoint["rng"])
-        iteration, records, running = checkpoint["iteration"], checkpoint["records"], checkpoint["running"]
+        iteration, records, running = (
+            checkpoint["iteration"],
+            checkpoint["records"],
+            checkpoint["running"],
+        )
         if log is not None:
             log(f"resumed from {checkpoint_path} at iteration {iteration}")
 
@@ -244,12 +277,20 @@ def train(
         _atomic_write(checkpoint_path, lambda temporary: torch.save(payload, temporary))
 
     schedule = BatchSchedule(len(data.train_labels), config.batch_size, config.seed)
-    stop_at = config.iterations if max_iterations is None else min(config.iterations, iteration + max_iterations)
+    stop_at = (
+        config.iterations
+        if max_iterations is None
+        else min(config.iterations, iteration + max_iterations)
+    )
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=config.iterations, initial=iteration, desc=f"{config.experiment} {config.optimizer}")
+        bar = tqdm(
+            total=config.iterations,
+            initial=iteration,
+            desc=f"{config.experiment} {config.optimizer}",
+        )
     started = time.perf_counter()
     model.train()
     while iteration < stop_at:
@@ -289,4 +330,10 @@ def train(
     save_checkpoint()
     finished = iteration == config.iterations
     _write_log(log_path, config, records, finished)
-    return {"iteration": iteration, "finished": finished, "records": records, "model": model, "optimizer": optimizer}
+    return {
+        "iteration": iteration,
+        "finished": finished,
+        "records": records,
+        "model": model,
+        "optimizer": optimizer,
+    }
