@@ -20,6 +20,7 @@ import optax
 import pytest
 
 import golden
+from vsgd_bayes import hyperparameters as hp
 from vsgd_bayes import rule
 from vsgd_bayes.optax import ScaleByVSGDState, scale_by_vsgd, vsgd
 
@@ -76,7 +77,8 @@ def _run_rule(params, stream, jit, **hyperparameters):
     step = _rule_step(jit, **hyperparameters)
     states = jax.tree.map(
         lambda p: rule.init_state(
-            p, hyperparameters["prior_strength"], hyperparameters["variance_ratio"]
+            p, hyperparameters["prior_strength"], hyperparameters["variance_ratio"],
+            hyperparameters.get("init", hp.DEFAULTS["init"]),
         ),
         params,
     )

@@ -91,7 +91,10 @@ def test_single_tensor_vsgd_matches_the_jax_rule(init):
         optimizer = VSGD(params, foreach=False, **hyperparameters)
         jax_params = [jnp.asarray(x) for x in starts]
         jax_states = [
-            rule.init_state(x, hyperparameters["prior_strength"], hyperparameters["variance_ratio"])
+            rule.init_state(
+                x, hyperparameters["prior_strength"], hyperparameters["variance_ratio"],
+                hyperparameters["init"],
+            )
             for x in jax_params
         ]
         for t in range(STREAM_STEPS):
