@@ -325,7 +325,11 @@ def compute_numbers():
     from vsgd_bayes import hyperparameters as hp
 
     strength, ratio, lr = (hp.DEFAULTS[k] for k in ("prior_strength", "variance_ratio", "lr"))
-    numbers = {"first_step": {}, "reference_rounding": _reference_rounding(strength, ratio), "streams": {}}
+    numbers = {
+        "first_step": {},
+        "reference_rounding": _reference_rounding(strength, ratio),
+        "streams": {},
+    }
     for init in hp.INITS:
         shape = hp.prior_shape(strength, init)
         drift_variance, noise_variance = strength / shape, ratio * strength / shape
@@ -391,7 +395,8 @@ def render_tables(numbers):
         f"With the defaults, 2a_0 − 1 = pa2 − 1 is "
         f"{rounding['twice_shape_minus_one_float32']:.6e} in float32 instead of "
         f"{rounding['twice_shape_minus_one_exact']:.4e}, so the first-step variances "
-        f"b_{{0,g}}/a_0, b_{{0,ĝ}}/a_0 and σ²_1 are {_format(rounding['drift_variance_shift'])}, "
+        f"b_{{0,g}}/a_0, b_{{0,ĝ}}/a_0 and σ²_1 are "
+        f"{_format(rounding['drift_variance_shift'])}, "
         f"{_format(rounding['noise_variance_shift'])} and "
         f"{_format(rounding['gradient_variance_shift'])} larger (relative) than with exact "
         f"constants.",
