@@ -103,7 +103,7 @@ print("stream shape (steps, coordinates):", observed_gradients.shape)
 @functools.partial(jax.jit, static_argnames=("init", "prior_strength"))
 def scan_posterior_update(observed, init, prior_strength):
     """rule.posterior_update over the rows of observed (T, C): (mu_t, sigma_t^2, b_g, b_ghat)."""
-    state = rule.init_state(jnp.zeros(observed.shape[1:]), prior_strength, VARIANCE_RATIO)
+    state = rule.init_state(jnp.zeros(observed.shape[1:]), prior_strength, VARIANCE_RATIO, init)
 
     def one_step(state, gradient):
         gradient_variance, state = rule.posterior_update(

@@ -64,20 +64,70 @@ def test_step_sizes_are_robbins_monro():
     assert np.all(np.diff(rho1) < 0)
 
 
-@pytest.mark.parametrize("init, offset", [("paper", 0.0), ("reference", 5e-5)])
-def test_prior_and_posterior_shapes(init, offset):
+# reference: gamma + 5e-5 up to the float32 rounding of 2a = 2 gamma + 1 + 1e-4 (half an ulp
+# of 1.0021 in float32, 6e-8, is 3e-5 of a_0 ~ 1e-3 and 6e-8 of a ~ 0.5); paper: exact.
+@pytest.mark.parametrize(
+    "init, offset, rel_prior, rel_posterior",
+    [("paper", 0.0, 1e-15, 1e-15), ("reference", 5e-5, 3e-5, 6e-8)],
+)
+def test_prior_and_posterior_shapes(init, offset, rel_prior, rel_posterior):
     gamma = 1e-3
-    assert hp.prior_shape(gamma, init) == pytest.approx(gamma + offset, rel=1e-15)
-    assert hp.posterior_shape(gamma, init) == pytest.approx(gamma + offset + 0.5, rel=1e-15)
+    assert hp.prior_shape(gamma, init) == pytest.approx(gamma + offset, rel=rel_prior)
+    assert hp.posterior_shape(gamma, init) == pytest.approx(gamma + offset + 0.5, rel=rel_posterior)
     assert hp.shape_before_step(1, gamma, init) == hp.prior_shape(gamma, init)
     for step in (2, 3, 100):
         assert hp.shape_before_step(step, gamma, init) == hp.posterior_shape(gamma, init)
-    assert hp.prior_rates(gamma, 30.0) == (gamma, 30.0 * gamma)
+
+
+def test_paper_constants_are_exact():
+    assert hp.prior_shape(1e-3, "paper") == 1e-3
+    assert hp.prior_rates(1e-3, 30.0, "paper") == (1e-3, 30.0 * 1e-3)
+
+
+@pytest.mark.parametrize("gamma, ratio", [(1e-8, 30.0), (1e-3, 10.0), (0.7, 4.0)])
+def test_reference_constants_are_the_authors_float32(gamma, ratio):
+    # The authors' code holds pa2 = 2 gamma + 1 + 1e-4, pbg2 = 2 gamma and pbhg2 = 2 K_g gamma
+    # as float32 tensors; a_0 = (pa2 - 1) / 2 and the prior rates are pbg2 / 2, pbhg2 / 2,
+    # exactly (the subtraction and halvings are exact), also in float32.
+    pa2, pbg2, pbhg2 = (
+        float(np.float32(x)) for x in (2 * gamma + 1 + 1e-4, 2 * gamma, 2 * ratio * gamma)
+    )
+    a0 = hp.prior_shape(gamma, "reference")
+    assert a0 == (pa2 - 1.0) / 2.0
+    assert hp.posterior_shape(gamma, "reference") == pa2 / 2.0
+    assert hp.prior_rates(gamma, ratio, "reference") == (pbg2 / 2.0, pbhg2 / 2.0)
+    assert hp.prior_rates(gamma, ratio) == hp.prior_rates(gamma, ratio, "reference")  # default
+    for value in (a0, a0 + 0.5, *hp.prior_rates(gamma, ratio, "reference")):
+        assert float(np.float32(value)) == value  # no further rounding in a float32 run
+
+
+def test_reference_rounding_with_the_defaults():
+    # derivations/05_first_step.md: in float32 2a_0 - 1 = 1.000166e-4 (not 1.0002e-4), so the
+    # first-step variances b_0 / a_0 are 3.4e-5 larger (relative) than with exact constants.
+    gamma, ratio = 1e-8, 30.0
+    a0 = hp.prior_shape(gamma, "reference")
+    assert f"{2 * a0:.7g}" == "0.0001000166"
+    exact = np.array([gamma, ratio * gamma]) / (gamma + hp.REFERENCE_SHAPE_OFFSET)
+    rounded = np.array(hp.prior_rates(gamma, ratio, "reference")) / a0
+    np.testing.assert_allclose(rounded / exact - 1.0, 3.4e-5, rtol=0.01)
+
+
+def test_authors_float32_keeps_the_type_of_arrays():
+    values = np.array([1e-8, 1.1])
+    rounded = hp.authors_float32(values)
+    assert rounded.dtype == np.float64
+    np.testing.assert_array_equal(rounded, values.astype(np.float32).astype(np.float64))
+    assert isinstance(hp.authors_float32(1e-8), float)
+    # Arrays of gammas give the same constants as one gamma at a time.
+    shapes = hp.prior_shape(np.array([1e-8, 1e-3]), "reference")
+    assert list(shapes) == [hp.prior_shape(1e-8, "reference"), hp.prior_shape(1e-3, "reference")]
 
 
 def test_reference_first_step_variances_match_the_spec():
     # The authors' code: with defaults the reference step-1 variances are ~2.0e-4 and ~6.0e-3.
     gamma, ratio = 1e-8, 30.0
     a0 = hp.prior_shape(gamma, "reference")
-    assert gamma / a0 == pytest.approx(2.0 * gamma / (2.0 * gamma + 1e-4), rel=1e-12)
-    assert math.isclose(ratio * gamma / a0, 6.0e-3, rel_tol=1e-3)
+    drift_prior_rate, noise_prior_rate = hp.prior_rates(gamma, ratio, "reference")
+    # 2e-5: the float32 rounding of the authors' constants (3.4e-5 relative, see above).
+    assert drift_prior_rate / a0 == pytest.approx(2.0 * gamma / (2.0 * gamma + 1e-4), rel=5e-5)
+    assert math.isclose(noise_prior_rate / a0, 6.0e-3, rel_tol=1e-3)

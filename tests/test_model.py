@@ -8,6 +8,7 @@ from numpyro.handlers import seed, trace
 from numpyro.infer.util import log_density
 from scipy import stats
 
+from vsgd_bayes import hyperparameters as hp
 from vsgd_bayes import model
 from vsgd_bayes.elbo import OneStepVariational
 
@@ -23,7 +24,10 @@ def test_one_step_sites_plate_and_shapes():
         assert tr[name]["value"].shape == (4,)
         assert tr[name]["cond_indep_stack"][0].name == "coordinates"
     assert tr["g_hat"]["is_observed"]
-    assert float(tr["w_g"]["fn"].base_dist.concentration) == pytest.approx(0.5 + 5e-5, rel=1e-15)
+    # a_0 = gamma + 5e-5 up to the authors' float32 rounding of 2 gamma + 1 + 1e-4 (6e-8).
+    concentration = float(tr["w_g"]["fn"].base_dist.concentration)
+    assert concentration == pytest.approx(hp.prior_shape(0.5, "reference"), rel=1e-15)
+    assert concentration == pytest.approx(0.5 + 5e-5, rel=2e-7)
     assert float(tr["w_ghat"]["fn"].base_dist.rate) == pytest.approx(1.5, rel=1e-15)
 
 

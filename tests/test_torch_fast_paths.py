@@ -45,8 +45,8 @@ def _paths():
     return paths
 
 
-def _rule_state(tensor, steps_taken, prior_strength, variance_ratio):
-    state = rule.init_state(jnp.asarray(tensor.numpy()), prior_strength, variance_ratio)
+def _rule_state(tensor, steps_taken, prior_strength, variance_ratio, init):
+    state = rule.init_state(jnp.asarray(tensor.numpy()), prior_strength, variance_ratio, init)
     return state._replace(step=jnp.asarray(steps_taken, jnp.int32))
 
 
@@ -84,7 +84,9 @@ def _run_parity(
     params = [torch.randn(s, generator=generator, dtype=torch.float64) for s in SHAPES]
     params = [p.to(param_dtype).to(DEVICE) for p in params]
     means = [torch.zeros(p.shape, dtype=state_dtype, device=DEVICE) for p in params]
-    drift_prior, noise_prior = hp.prior_rates(hyper["prior_strength"], hyper["variance_ratio"])
+    drift_prior, noise_prior = hp.prior_rates(
+        hyper["prior_strength"], hyper["variance_ratio"], hyper["init"]
+    )
     drifts = [torch.full(p.shape, drift_prior, dtype=state_dtype, device=DEVICE) for p in params]
     noises = [torch.full(p.shape, noise_prior, dtype=state_dtype, device=DEVICE) for p in params]
     steps = [torch.tensor(0.0) for _ in params]
@@ -93,7 +95,8 @@ def _run_parity(
         (
             _to_jax(p, jnp.float64).astype(jax_dtype),
             rule.init_state(
-                _to_jax(p, jax_dtype), hyper["prior_strength"], hyper["variance_ratio"]
+                _to_jax(p, jax_dtype), hyper["prior_strength"], hyper["variance_ratio"],
+                hyper["init"],
             ),
         )
         for p in params

@@ -91,7 +91,10 @@ def test_single_tensor_vsgd_matches_the_jax_rule(init):
         optimizer = VSGD(params, foreach=False, **hyperparameters)
         jax_params = [jnp.asarray(x) for x in starts]
         jax_states = [
-            rule.init_state(x, hyperparameters["prior_strength"], hyperparameters["variance_ratio"])
+            rule.init_state(
+                x, hyperparameters["prior_strength"], hyperparameters["variance_ratio"],
+                hyperparameters["init"],
+            )
             for x in jax_params
         ]
         for t in range(STREAM_STEPS):
@@ -148,25 +151,56 @@ def test_constant_vsgd_matches_the_jax_constant_rule(init, foreach):
                 )
 
 
-@pytest.mark.parametrize("foreach", [False, True])
-@pytest.mark.parametrize(
-    "dtype, tolerance",
-    [(torch.float64, golden.FLOAT64_TOLERANCE), (torch.float32, golden.FLOAT32_TOLERANCE)],
-)
-@pytest.mark.parametrize("scenario", golden.SCENARIOS)
-def test_vsgd_follows_the_golden_trajectories(scenario, dtype, tolerance, foreach):
-    data = golden.load(scenario)
-    params = [torch.nn.Parameter(torch.tensor(p.init, dtype=dtype)) for p in data.parameters]
-    optimizer = VSGD(params, foreach=foreach, **data.hyperparameters)
-    worst = 0.0
+GOLDEN_PATHS = {
+    "single-tensor": dict(foreach=False),
+    "foreach": dict(foreach=True),
+    "fused": dict(fused=True),  # the C++ kernel on CPU
+}
+TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def replay_golden(data: golden.GoldenScenario, dtype: str, path: str):
+    """VSGD's (params, mu) after each step of the recorded streams (default init)."""
+    params = [
+        torch.nn.Parameter(torch.tensor(p.init, dtype=TORCH_DTYPES[dtype]))
+        for p in data.parameters
+    ]
+    optimizer = VSGD(params, **GOLDEN_PATHS[path], **data.hyperparameters)
+    params_after, means_after = [[] for _ in params], [[] for _ in params]
     for t in range(data.steps):
         for param, recorded in zip(params, data.parameters):
-            param.grad = torch.tensor(recorded.grads[t], dtype=dtype)
+            param.grad = torch.tensor(recorded.grads[t], dtype=TORCH_DTYPES[dtype])
         optimizer.step()
-        for param, recorded in zip(params, data.parameters):
-            difference = np.abs(param.detach().double().numpy() - recorded.params[t]).max()
-            worst = max(worst, float(difference))
-    assert worst <= tolerance * data.lr, f"max |dtheta| = {worst:.3e} > {tolerance} * lr"
+        for i, param in enumerate(params):
+            params_after[i].append(param.detach().double().numpy().copy())
+            means_after[i].append(optimizer.state[param]["gradient_mean"].double().numpy().copy())
+    return [(np.stack(p), np.stack(m)) for p, m in zip(params_after, means_after)]
+
+
+@pytest.mark.parametrize("path", GOLDEN_PATHS)
+@pytest.mark.parametrize("dtype", TORCH_DTYPES)
+@pytest.mark.parametrize("scenario", golden.SCENARIOS)
+def test_vsgd_follows_the_golden_trajectories(scenario, dtype, path):
+    if path == "fused":
+        assert fused_available_on_cpu()  # never a silent skip
+    data = golden.load(scenario)
+    worst_params, worst_mean = golden.worst_errors(data, replay_golden(data, dtype, path))
+    # tests/golden.py: the authors' float32 constants, rounded the same way here.
+    params_tolerance, mean_tolerance = golden.TOLERANCES[dtype]
+    assert worst_params <= params_tolerance, f"max |dtheta| = {worst_params:.3e} lr"
+    assert worst_mean <= mean_tolerance, f"max |dmu| = {worst_mean:.3e} max |mu|"
+
+
+@pytest.mark.parametrize("path", GOLDEN_PATHS)
+@pytest.mark.parametrize("dtype", TORCH_DTYPES)
+def test_golden_trajectories_fail_with_exact_constants(monkeypatch, dtype, path):
+    # Check of the check: exact float64 constants measured 4.5e-4 lr on "defaults".
+    golden.use_exact_constants(monkeypatch)
+    data = golden.load("defaults")
+    worst_params, worst_mean = golden.worst_errors(data, replay_golden(data, dtype, path))
+    params_tolerance, mean_tolerance = golden.TOLERANCES[dtype]
+    assert worst_params > params_tolerance, worst_params
+    assert worst_mean > mean_tolerance, worst_mean
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,6 +25,12 @@ The two initialisations differ only in the prior shape a_0 (derived in
 * ``"reference"`` (the authors' published code, the default): the code stores 2a and adds
   1e-4 to it, which is the same algorithm with a_0 = gamma + 5e-5. With gamma = 1e-8 the first
   step then uses the variances gamma / (gamma + 5e-5) ~= 2.0e-4 and K_g times that.
+  The authors' code holds its three constants 2a = 2 gamma + 1 + 1e-4, 2 gamma and
+  2 K_g gamma as float32 tensors whatever the parameters' dtype; ``"reference"`` uses them
+  rounded the same way (:func:`authors_float32`), in :func:`prior_shape` and
+  :func:`prior_rates`, for every front end and every dtype. In float32, 2a - 1 is 1.000166e-4
+  instead of 1.0002e-4, which makes the first-step variances 3.4e-5 larger (relative); see
+  ``derivations/05_first_step.md``. ``"paper"`` uses the exact values.
 
 In both cases the posterior shape after any step is a = a_0 + 1/2 (the closed-form target of
 the shape never changes, so it is a constant and is not stored).
@@ -37,14 +43,18 @@ import numbers
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, Tuple
 
+import numpy as np
+
 __all__ = [
     "DEFAULTS",
     "INITS",
     "REFERENCE_SHAPE_OFFSET",
+    "REFERENCE_CONSTANT_DTYPE",
     "VSGDHyperparameters",
     "REQUIREMENTS",
     "check_hyperparameter",
     "validate_hyperparameters",
+    "authors_float32",
     "prior_shape",
     "posterior_shape",
     "shape_before_step",
@@ -69,8 +79,13 @@ INITS: Tuple[str, ...] = ("reference", "paper")
 
 #: The authors' code uses the constant 2a = 2*gamma + 1 + 1e-4 for both precisions; in terms of
 #: the shape itself that is an offset of 1e-4 / 2 on the prior shape (and hence on every
-#: posterior shape). Kept so that trajectories match the published results.
+#: posterior shape). Kept so that trajectories match the published results. This is the
+#: nominal value: the constants themselves are rounded to float32 (:func:`authors_float32`).
 REFERENCE_SHAPE_OFFSET = 0.5e-4
+
+#: The dtype in which the authors' code holds its constants 2a, 2 gamma and 2 K_g gamma
+#: (``torch.tensor`` of a Python float: torch's default dtype), whatever the parameters' dtype.
+REFERENCE_CONSTANT_DTYPE = np.float32
 
 
 def _is_real_number(value: Any) -> bool:
@@ -169,8 +184,8 @@ class VSGDHyperparameters:
 
     Example:
         >>> hp = VSGDHyperparameters(variance_ratio=9.0)
-        >>> hp.posterior_shape  # gamma + 1/2 + 5e-5 for the reference initialisation
-        0.50005001
+        >>> hp.posterior_shape  # about gamma + 1/2 + 5e-5 for the reference initialisation
+        0.5000500082969666
     """
 
     lr: float = DEFAULTS["lr"]
@@ -197,14 +212,40 @@ class VSGDHyperparameters:
         return asdict(self)
 
 
+def authors_float32(value: Any) -> Any:
+    """``value`` as the authors' code holds it: rounded to float32, in ``value``'s own type.
+
+    A Python (or 0-dim torch) number gives a Python float; a NumPy or JAX array, traced ones
+    included (e.g. under ``optax.inject_hyperparams``), keeps its type and dtype. This is the
+    one place where the ``"reference"`` constants are rounded.
+
+    Example:
+        >>> authors_float32(1.0 + 1e-4) - 1.0  # 2a - 1 with gamma -> 0: not 1e-4
+        0.00010001659393310547
+    """
+    if hasattr(value, "astype"):  # NumPy or JAX array or scalar
+        return value.astype(REFERENCE_CONSTANT_DTYPE).astype(value.dtype)
+    return float(REFERENCE_CONSTANT_DTYPE(float(value)))
+
+
+def _check_init(init: str) -> None:
+    if init not in INITS:
+        raise ValueError(f"Invalid init: {init!r} (must be one of {INITS})")
+
+
 def prior_shape(prior_strength: float, init: str = DEFAULTS["init"]) -> float:
-    """Shape a_0 of both Gamma priors: gamma (paper) or gamma + 5e-5 (reference)."""
+    """Shape a_0 of both Gamma priors: gamma (paper) or about gamma + 5e-5 (reference).
+
+    For ``"reference"``, a_0 = (2a - 1) / 2 with the authors' constant 2a = 2 gamma + 1 + 1e-4
+    rounded to float32 (:func:`authors_float32`); both the subtraction and the halving are
+    exact in float64 and float32. With gamma = 1e-8 that is 5.0008297e-5 rather than 5.001e-5.
+    """
     # No float() here: JAX callers pass traced values (e.g. under optax.inject_hyperparams).
+    _check_init(init)
     if init == "paper":
         return prior_strength
-    if init == "reference":
-        return prior_strength + REFERENCE_SHAPE_OFFSET
-    raise ValueError(f"Invalid init: {init!r} (must be one of {INITS})")
+    twice_shape = authors_float32(2.0 * prior_strength + 1.0 + 2.0 * REFERENCE_SHAPE_OFFSET)
+    return (twice_shape - 1.0) / 2.0
 
 
 def posterior_shape(prior_strength: float, init: str = DEFAULTS["init"]) -> float:
@@ -222,9 +263,22 @@ def shape_before_step(step: int, prior_strength: float, init: str = DEFAULTS["in
     return posterior_shape(prior_strength, init)
 
 
-def prior_rates(prior_strength: float, variance_ratio: float) -> Tuple[float, float]:
-    """Rates (b_{0,g}, b_{0,g_hat}) = (gamma, K_g * gamma) of the two Gamma priors."""
-    return prior_strength, variance_ratio * prior_strength
+def prior_rates(
+    prior_strength: float, variance_ratio: float, init: str = DEFAULTS["init"]
+) -> Tuple[float, float]:
+    """Rates (b_{0,g}, b_{0,g_hat}) = (gamma, K_g * gamma) of the two Gamma priors.
+
+    They are the rates before step 1 and the constant terms of the global targets. For
+    ``"paper"`` they are exact; for ``"reference"`` they are the authors' constants 2 gamma and
+    2 K_g gamma rounded to float32 (:func:`authors_float32`), halved (exactly).
+    """
+    _check_init(init)
+    if init == "paper":
+        return prior_strength, variance_ratio * prior_strength
+    return (
+        authors_float32(2.0 * prior_strength) / 2.0,
+        authors_float32(2.0 * variance_ratio * prior_strength) / 2.0,
+    )
 
 
 def step_sizes(step: Any, kappa1: float, kappa2: float) -> Tuple[Any, Any]:

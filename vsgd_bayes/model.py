@@ -64,9 +64,10 @@ __all__ = [
 def resolve_prior_shape(prior_strength, prior_shape=None, init: Optional[str] = None):
     """The prior shape a_0: ``prior_shape`` if given, else from ``init`` (default ``"paper"``).
 
-    ``init="paper"`` gives a_0 = gamma, ``init="reference"`` gives gamma + 5e-5 (the authors'
-    code), both through :func:`vsgd_bayes.hyperparameters.prior_shape`. ``prior_strength`` may
-    be an array (one value per coordinate).
+    ``init="paper"`` gives a_0 = gamma, ``init="reference"`` gives about gamma + 5e-5 (the
+    authors' code, float32-rounded as there), both through
+    :func:`vsgd_bayes.hyperparameters.prior_shape`. ``prior_strength`` may be an array (one
+    value per coordinate).
 
     Raises:
         ValueError: if both ``prior_shape`` and ``init`` are given, or ``init`` is unknown.
@@ -82,9 +83,9 @@ def resolve_prior_shape(prior_strength, prior_shape=None, init: Optional[str] = 
     hp.check_hyperparameter("init", init)
     if isinstance(prior_strength, numbers.Real):
         return hp.prior_shape(prior_strength, init)
-    # a_0 is gamma plus a constant offset (0 or 5e-5) for either init, so for an array of
-    # gammas add the offset that hyperparameters.prior_shape gives at gamma = 0.
-    return jnp.asarray(prior_strength) + hp.prior_shape(0.0, init)
+    # An array of gammas: hyperparameters.prior_shape works elementwise (for "reference" it
+    # rounds 2 gamma + 1 + 1e-4 to float32 per element, as the authors' code would).
+    return hp.prior_shape(jnp.asarray(prior_strength), init)
 
 
 def _num_coordinates(gradient_mean_prev) -> int:

@@ -125,7 +125,9 @@ def scale_by_vsgd(
     noise precisions (rates ``drift_rate`` = b_g, ``noise_rate`` = b_ghat). Symbols:
     K_g = ``variance_ratio``, gamma = ``prior_strength``, kappa_1, kappa_2 = ``kappa1``,
     ``kappa2``, epsilon = ``eps``, a = prior shape a_0 at step 1 and a_0 + 1/2 afterwards
-    (a_0 = gamma for ``init="paper"``, gamma + 5e-5 for ``init="reference"``).
+    (a_0 = gamma for ``init="paper"``, gamma + 5e-5 for ``init="reference"``, whose a_0 and
+    prior rates are rounded to float32 as in the authors' code; see
+    :mod:`vsgd_bayes.hyperparameters`).
 
     .. math::
 
@@ -184,6 +186,7 @@ def scale_by_vsgd(
             _as_real(jnp.asarray(param)),
             prior_strength=prior_strength,
             variance_ratio=variance_ratio,
+            init=init,
         )
         return rule.VSGDState(
             step=leaf_state.step,

@@ -25,7 +25,9 @@ mini-batch gradient g_hat_t, one step is
 
 where ``a`` is the shape *before* the step: the prior shape a_0 at step 1 and the posterior
 shape a_0 + 1/2 afterwards (see :mod:`vsgd_bayes.hyperparameters`). The rates start at the
-prior rates (gamma, K_g gamma); since rho_1 = 1 the first step overwrites them.
+prior rates (gamma, K_g gamma); since rho_1 = 1 the first step overwrites them. With
+``init="reference"``, a_0 and the prior rates (also the gamma, K_g gamma of the targets) are
+the authors' float32-rounded constants (:func:`vsgd_bayes.hyperparameters.prior_rates`).
 
 Example:
     >>> import jax.numpy as jnp
@@ -91,10 +93,15 @@ def init_state(
     params: jax.Array,
     prior_strength: float = hp.DEFAULTS["prior_strength"],
     variance_ratio: float = hp.DEFAULTS["variance_ratio"],
+    init: str = hp.DEFAULTS["init"],
 ) -> VSGDState:
-    """State before the first step: mu_0 = 0 and the rates equal to the prior rates."""
+    """State before the first step: mu_0 = 0 and the rates equal to the prior rates.
+
+    The prior rates are those of ``init`` (:func:`vsgd_bayes.hyperparameters.prior_rates`:
+    rounded as the authors' code for ``"reference"``), so pass the ``init`` of the steps.
+    """
     dtype = state_dtype(params.dtype)
-    drift_prior_rate, noise_prior_rate = hp.prior_rates(prior_strength, variance_ratio)
+    drift_prior_rate, noise_prior_rate = hp.prior_rates(prior_strength, variance_ratio, init)
     return VSGDState(
         step=jnp.zeros([], jnp.int32),
         gradient_mean=jnp.zeros(params.shape, dtype),
@@ -132,15 +139,22 @@ def global_targets(
     gradient,
     prior_strength,
     variance_ratio,
+    *,
+    init: str = "paper",
 ) -> Tuple[jax.Array, jax.Array]:
     """Intermediate (one-observation CAVI) targets b'_g, b'_ghat of the Gamma rates.
 
-    The matching shape target is a_0 + 1/2, the constant posterior shape.
+    The constant terms are the prior rates (b_{0,g}, b_{0,ghat}) of
+    :func:`vsgd_bayes.hyperparameters.prior_rates`: by default (``"paper"``) the model's exact
+    (gamma, K_g gamma), which is what :mod:`vsgd_bayes.elbo` and :mod:`vsgd_bayes.validation`
+    evaluate; :func:`posterior_update` passes its own ``init`` (``"reference"``: rounded as
+    the authors' code). The matching shape target is a_0 + 1/2, the constant posterior shape.
     """
-    drift_rate_target = prior_strength + 0.5 * (
+    drift_prior_rate, noise_prior_rate = hp.prior_rates(prior_strength, variance_ratio, init)
+    drift_rate_target = drift_prior_rate + 0.5 * (
         gradient_variance + (gradient_mean - gradient_mean_prev) ** 2
     )
-    noise_rate_target = variance_ratio * prior_strength + 0.5 * (
+    noise_rate_target = noise_prior_rate + 0.5 * (
         gradient_variance + (gradient_mean - gradient) ** 2
     )
     return drift_rate_target, noise_rate_target
@@ -204,6 +218,7 @@ def posterior_update(
         gradient,
         prior_strength,
         variance_ratio,
+        init=init,
     )
     drift_step_size, noise_step_size = hp.step_sizes(
         step_count.astype(dtype), kappa1, kappa2

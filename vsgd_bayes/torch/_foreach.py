@@ -68,10 +68,10 @@ _DEFAULT_BLOCK_SIZE = 1 << 22
 STEP_CONSTANT_NAMES = (
     "inverse_shape",  # 1 / a, a the shape before the step
     "drift_keep",  # 1 - rho_1
-    "drift_prior",  # rho_1 * gamma
+    "drift_prior",  # rho_1 * b_{0,g}, the prior rate gamma (hp.prior_rates)
     "drift_half_step",  # rho_1 / 2
     "noise_keep",  # 1 - rho_2
-    "noise_prior",  # rho_2 * K_g * gamma
+    "noise_prior",  # rho_2 * b_{0,ghat}, the prior rate K_g gamma
     "noise_half_step",  # rho_2 / 2
 )
 
@@ -91,14 +91,15 @@ def step_constants(
         The values named by :data:`STEP_CONSTANT_NAMES`.
     """
     shape = hp.shape_before_step(step, prior_strength, init)
+    drift_prior_rate, noise_prior_rate = hp.prior_rates(prior_strength, variance_ratio, init)
     drift_step_size, noise_step_size = hp.step_sizes(float(step), kappa1, kappa2)
     return (
         1.0 / shape,
         1.0 - drift_step_size,
-        drift_step_size * prior_strength,
+        drift_step_size * drift_prior_rate,
         0.5 * drift_step_size,
         1.0 - noise_step_size,
-        noise_step_size * variance_ratio * prior_strength,
+        noise_step_size * noise_prior_rate,
         0.5 * noise_step_size,
     )
 

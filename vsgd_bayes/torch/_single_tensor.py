@@ -70,9 +70,10 @@ def global_targets(
     gradient: Tensor,
     prior_strength: float,
     variance_ratio: float,
+    init: str,
 ) -> Tuple[Tensor, Tensor]:
     """(b'_g, b'_ghat): ``vsgd_bayes.rule.global_targets`` [global-targets]."""
-    drift_prior_rate, noise_prior_rate = hp.prior_rates(prior_strength, variance_ratio)
+    drift_prior_rate, noise_prior_rate = hp.prior_rates(prior_strength, variance_ratio, init)
     drift_rate_target = (
         (gradient_mean - gradient_mean_prev).square_().add_(gradient_variance).mul_(0.5)
     ).add_(drift_prior_rate)
@@ -161,6 +162,7 @@ def single_tensor_vsgd(
             gradient,
             prior_strength,
             variance_ratio,
+            init,
         )
         svi_blend_(drift_rate, drift_rate_target, drift_step_size)
         svi_blend_(noise_rate, noise_rate_target, noise_step_size)

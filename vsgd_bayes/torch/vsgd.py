@@ -118,7 +118,8 @@ class VSGD(_PromotedStateOptimizer):
     ratio of noise to drift variance), gamma = ``prior_strength``, kappa_i = ``kappa1``,
     ``kappa2`` (rho_{t,i} = t^(-kappa_i)), lambda = ``weight_decay``, epsilon = ``eps``; a is the
     Gamma shape (a_0 at t = 1, a_0 + 1/2 afterwards; a_0 = gamma for ``init="paper"``,
-    gamma + 5e-5 for ``init="reference"``, the authors' code).
+    gamma + 5e-5 for ``init="reference"``, the authors' code, with its constants rounded to
+    float32 as there: see :mod:`vsgd_bayes.hyperparameters`).
 
     .. math::
 
@@ -251,7 +252,7 @@ class VSGD(_PromotedStateOptimizer):
             if len(state) == 0:
                 dtype = state_dtype(param.dtype)
                 drift_prior_rate, noise_prior_rate = hp.prior_rates(
-                    group["prior_strength"], group["variance_ratio"]
+                    group["prior_strength"], group["variance_ratio"], group["init"]
                 )
                 # step is a float32 CPU scalar, like torch Adam's: reading it costs no sync.
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
