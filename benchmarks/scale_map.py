@@ -180,6 +180,37 @@ def format_tables(result: dict) -> str:
     return "\n".join(lines)
 
 
+def render_markdown(result: dict) -> str:
+    """The map and the stationary streams as the Markdown tables of 10_scale_map.md."""
+    lines = [
+        "| s | r | β₁ true | β₁ Kalman | reference β₁ | warm-up | drift err | noise err "
+        "| paper β₁ | warm-up | drift err | noise err |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["map"]:
+        cells = [f"{row['scale']:.0e}", f"{row['ratio']:.0e}", f"{row['beta1_true']:.4f}",
+                 f"{row['beta1_kalman']:.3f}"]
+        for init in ("reference", "paper"):
+            entry = row[init]
+            cells += [f"{entry['beta1']:.3f}", str(entry["warmup"]),
+                      f"{entry['drift_error']:.2f}", f"{entry['noise_error']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| stream | reference β₁ | abs(Δθ)/η at t = 100 | warm-up | paper β₁ "
+        "| abs(Δθ)/η at t = 100 | warm-up |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in result["stationary"]:
+        cells = [f"N({row['mean']:g}, {row['sd']:g}²)"]
+        for init in ("reference", "paper"):
+            entry = row[init]
+            cells += [f"{entry['beta1']:.3f}", f"{entry['step_size_at_100']:.3f}",
+                      str(entry["warmup"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(result: dict, path: pathlib.Path) -> None:
     import matplotlib
 

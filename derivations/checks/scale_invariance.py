@@ -101,7 +101,7 @@ def trajectory(gradients, prior_strength, prior_shape, variance_ratio=30.0,
     return np.asarray(sizes), np.asarray(noise_rate / (drift_rate + noise_rate))
 
 
-def rule_momentum(gradients, init):
+def rule_momentum(gradients, init, prior_strength=1e-8):
     """Momentum after the last step of ``vsgd_bayes.rule`` (defaults, ``init``), per coordinate."""
     jax = _jax()
     import jax.numpy as jnp
@@ -109,9 +109,10 @@ def rule_momentum(gradients, init):
     from vsgd_bayes import rule
 
     def one_step(state, gradient):
-        return rule.posterior_update(gradient, state, init=init)[1], None
+        return rule.posterior_update(
+            gradient, state, init=init, prior_strength=prior_strength)[1], None
 
-    state = rule.init_state(jnp.zeros(gradients.shape[1]))
+    state = rule.init_state(jnp.zeros(gradients.shape[1]), prior_strength)
     state, _ = jax.lax.scan(one_step, state, jnp.asarray(gradients))
     return np.asarray(state.noise_rate / (state.drift_rate + state.noise_rate))
 
@@ -160,6 +161,19 @@ def check_scale_free_limit_is_shared_and_needs_large_gradients():
             "paper": {str(c): float(v) for c, v in paper.items()}}
 
 
+def check_prior_strength_moves_the_reference_start_to_another_scale():
+    # (eq:rescaling-symmetry) through the public API: the reference start's a_0 = gamma + 5e-5
+    # stays ~5e-5 while gamma << 5e-5, so gamma / c^2 on gradients c z behaves like gamma on z.
+    # c = 0.01: a_0 changes by 2e-4 relative, hence the tolerance 1e-3 (measured: < 1e-4).
+    z = standard_stream(steps=2000, coordinates=64)
+    base = rule_momentum(z, "reference").mean()
+    moved = rule_momentum(0.01 * z, "reference", prior_strength=1e-12).mean()
+    unmoved = rule_momentum(0.01 * z, "reference").mean()
+    assert abs(moved - base) < 1e-3 and abs(unmoved - base) > 0.2, (base, moved, unmoved)
+    return {"z, gamma 1e-8": float(base), "0.01 z, gamma 1e-12": float(moved),
+            "0.01 z, gamma 1e-8": float(unmoved)}
+
+
 def check_memory_of_step_one():
     # W_{t,1} = prod_{r=2}^t (1 - r^-kappa), the weight of step 1's target in b_t
     # (eq:rate-kernel). kappa = 1: exactly 1/t. kappa < 1: ln W_{t,1} is within 5% of
@@ -184,6 +198,7 @@ CHECKS = [
     check_gradients_enter_only_through_their_ratio_to_the_prior_scale,
     check_same_signal_to_noise_different_scale_different_momentum,
     check_scale_free_limit_is_shared_and_needs_large_gradients,
+    check_prior_strength_moves_the_reference_start_to_another_scale,
     check_memory_of_step_one,
 ]
 
