@@ -28,7 +28,8 @@ import argparse
 import json
 import pathlib
 import time
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -202,7 +202,8 @@ def _label_vocabulary():
 
 
 def _labels(text):
-    return [" ".join(label.split()) for label in re.findall(r"\*\*\[(.+?)\]\*\*", text, re.DOTALL)]
+    labels = re.findall(r"\*\*\[(.+?)\]\*\*", text, re.DOTALL)
+    return [" ".join(label.split()) for label in labels]
 
 
 def test_status_labels_use_the_documented_vocabulary():
@@ -218,7 +219,7 @@ def test_status_labels_use_the_documented_vocabulary():
         assert labels, name
         for label in labels:
             head = next((h for h in heads if label.startswith(h)), None)
-            assert head is not None, f"{name}: label [{label}] is not in derivations/README.md"
+            assert head is not None, f"{name}: label [{label}] is not in the README's list"
             used.add(head)
     # "confirmed (paper)" was used for a transcription; nothing may claim the paper's text.
     assert not any("confirmed (paper)" in text for text in _documents().values())

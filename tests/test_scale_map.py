@@ -1,4 +1,4 @@
-"""benchmarks/scale_map.py: its measures are right, it runs, and 10_scale_map.md quotes its output."""
+"""benchmarks/scale_map.py: its measures are right, it runs, 10_scale_map.md quotes its output."""
 
 from __future__ import annotations
 

@@ -63,7 +63,8 @@ def _step_with_one_exponent(params, gradient, state, *, kappa1, kappa2, **option
 
 
 @pytest.mark.parametrize("check, updates", [
-    ("composed_step", validation.Updates(posterior_update=_posterior_update_without_the_first_shape)),
+    ("composed_step",
+     validation.Updates(posterior_update=_posterior_update_without_the_first_shape)),
     ("composed_step", validation.Updates(step=_step_with_one_exponent)),
     ("local_stationary", validation.Updates(local_update=_wrong_weights)),
     ("global_stationary", validation.Updates(global_targets=_wrong_targets)),
