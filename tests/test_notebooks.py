@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import sys
 
@@ -40,6 +41,10 @@ def kernel_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("VSGD_NOTEBOOK_FULL", raising=False)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("VSGD_NOTEBOOK_DIR", str(NOTEBOOK_DIR))
+    # The kernel imports the checkout under test, not whichever copy is installed in the venv
+    # (an editable install of another checkout would otherwise be run).
+    path = [str(NOTEBOOK_DIR.parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path))
     results_path = tmp_path / "results.json"
     monkeypatch.setenv("VSGD_NOTEBOOK_RESULTS", str(results_path))
     work_dir = tmp_path / "run"
