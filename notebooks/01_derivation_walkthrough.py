@@ -409,41 +409,64 @@ plt.show()
 # %% [markdown]
 # ## 6. Where the streaming approximation departs from the exact posterior
 #
-# (The numbers quoted are those printed above for `SEED = 0` in the small settings.)
-#
+# The numbers the points below refer to, computed from the runs above:
+
+# %%
+late = slice(NUM_STEPS // 2, None)
+learned_gain = {init: float(1 - streaming[init]["momentum"][late].mean()) for init in hp.INITS}
+print(f"oracle streaming gain {oracle_gain:.4f}, steady-state Kalman gain {kalman_gain[-1, 0]:.4f} "
+      f"(Kalman / oracle = {kalman_gain[-1, 0] / oracle_gain:.1f})")
+print("learned gain 1 - beta_1,t, mean over the second half of the steps: "
+      + ", ".join(f"{init} {gain:.3f}" for init, gain in learned_gain.items()))
+print("RMSE / Kalman RMSE: " + ", ".join(
+    f"{name} {results[key] / results['rmse_kalman']:.2f}"
+    for name, key in [("oracle", "rmse_oracle_streaming"), ("reference", "rmse_vsgd_reference"),
+                      ("paper", "rmse_vsgd_paper")]))
+print("learned / true precision at the end: " + ", ".join(
+    f"{init} drift {results[f'drift_precision_ratio_{init}']:.2g}, "
+    f"noise {results[f'noise_precision_ratio_{init}']:.2g}" for init in hp.INITS))
+print("std of z (1 if calibrated): " + ", ".join(f"{init} {results[f'z_std_{init}']:.2f}" for init in hp.INITS))
+better = ["paper" if p_ < r_ else "reference"
+          for r_, p_ in zip(ratio_to_kalman["reference"], ratio_to_kalman["paper"])]
+print("scale sweep, lower RMSE: " + ", ".join(f"{scale:g}: {init}" for scale, init in zip(scales, better)))
+prior_noise_precision = hp.prior_shape(PRIOR_STRENGTH, "paper") / (VARIANCE_RATIO * PRIOR_STRENGTH)
+print(f"after NUTS_STEPS = {NUTS_STEPS} steps, init='paper' noise precision "
+      f"{short['paper']['noise_precision'][last, 0]:.3g} (its prior's a_0/b_0: {prior_noise_precision:.3g}, "
+      f"truth {NOISE_PRECISION:.3g})")
+results["learned_gain_late"] = learned_gain
+
+# %% [markdown]
 # * **The prior mean is a fixed input.** The streaming model's prior for $g_t$ is
 #   $N(\mu_{t-1}, 1/w_g)$: the uncertainty $\sigma^2_{t-1}$ of $\mu_{t-1}$ is dropped, where the
-#   Kalman filter uses $P_{t-1} + 1/w_g$. With the *true* precisions this makes the gain ten
-#   times too small (oracle streaming gain 0.0099 against the steady-state Kalman gain 0.095):
-#   the oracle streaming filter over-smooths and lags the true gradient.
+#   Kalman filter uses $P_{t-1} + 1/w_g$. With the *true* precisions this makes the gain several
+#   times too small (the oracle streaming gain against the steady-state Kalman gain, printed
+#   above): the oracle streaming filter over-smooths and lags the true gradient.
 # * **The precision estimates are biased and lag.** $b_g$ and $b_{\hat g}$ are Robbins–Monro
 #   averages ($\rho_t = t^{-\kappa}$) of one-step residuals computed *under the current
 #   posterior*, and they feed back into those residuals. The drift residual
 #   $(\mu_t - \mu_{t-1})^2$ contains filtered noise, so the drift precision comes out orders of
 #   magnitude below the truth with either start; the noise precision depends on the start
-#   (close to the truth for the reference start, far below it for the paper's start, which
-#   still remembers its prior variance $K_g$). The estimates are not consistent estimates of
-#   the model's precisions; what they produce is an adaptive gain.
-# * **The learned gain overshoots.** $1-\beta_{1,t}$ settles near 0.35–0.42, far above both
-#   the oracle streaming gain and the Kalman gain: VSGD tracks the gradient with too *little*
-#   smoothing. At this noise level that costs less than the oracle's over-smoothing (RMSE
-#   about 1.5–1.7× the Kalman filter's, against 2.3× for the oracle), but it is not the
-#   optimal filter.
-# * **Error bars.** $\sigma_t^2 = k\,b_{\hat g}/a$ inherits the bias of the rates. With the
-#   reference start and gradients of this scale the $z$ scores happen to be close to
-#   calibrated; with the paper's start $\sigma_t$ is several times too large. $\sigma_t$ enters
-#   the parameter step only through $\mu_t^2 + \sigma_t^2$, as a per-coordinate step shrinkage.
+#   (the learned / true ratios above). The estimates are not consistent estimates of the
+#   model's precisions; what they produce is an adaptive gain.
+# * **The learned gain overshoots.** $1-\beta_{1,t}$ settles far above both the oracle
+#   streaming gain and the Kalman gain: VSGD tracks the gradient with too *little* smoothing.
+#   At this noise level that can cost less than the oracle's over-smoothing (compare the RMSE
+#   ratios above), but it is not the optimal filter.
+# * **Error bars.** $\sigma_t^2 = k\,b_{\hat g}/a$ inherits the bias of the rates; the std of
+#   $z$ above says how far from calibrated each start is at this scale. $\sigma_t$ enters the
+#   parameter step only through $\mu_t^2 + \sigma_t^2$, as a per-coordinate step shrinkage.
 # * **The first step.** Its prior variances are absolute numbers, $(1, K_g)$ for the paper and
-#   $\approx(2\cdot10^{-4}, 6\cdot10^{-3})$ for the reference code, so the start is not
-#   scale-invariant, and its memory lasts for thousands of steps because the rates feed back
-#   into the residuals that update them. In the sweep the paper's start is the more robust
-#   one over six decades of scale; the reference start is slightly better for small
-#   gradients and collapses (momentum near 1, almost no tracking) once the gradients are of
-#   order 1. After 40 steps (NUTS section) the paper's start at this scale still reports the
-#   precisions of its prior.
+#   $(1, K_g)\cdot\gamma/(\gamma + 5\cdot10^{-5})$ for the reference code, so the start is not
+#   scale-invariant (`derivations/06_parameter_update.md`), and its memory lasts for thousands
+#   of steps because the rates feed back into the residuals that update them. The sweep
+#   (which start has the lower RMSE at each scale, printed above) and
+#   `derivations/10_scale_map.md` show it; after `NUTS_STEPS` steps (NUTS section) the paper's
+#   start at this scale still reports a noise precision far below the truth (printed above):
+#   its step-1 prior variance $K_g$ is not yet forgotten.
 # * **Filtering, not smoothing.** VSGD only ever conditions on the past, as an optimizer must;
 #   NUTS's band is the smoothing posterior and is tighter in the middle of the stream. With
-#   40 observations the precisions are weakly identified even for NUTS (wide histograms).
+#   `NUTS_STEPS` observations the precisions are weakly identified even for NUTS (wide
+#   histograms).
 
 # %%
 if RESULTS_PATH:

@@ -306,7 +306,7 @@ plt.show()
 # %% [markdown]
 # ## 5. The table of `vsgd-bayes validate`
 #
-# `validation.run_checks(seed, cases)` runs six checks over random cases drawn over wide
+# `validation.run_checks(seed, cases)` runs the checks of `validation.CHECKS` over random cases drawn over wide
 # log-ranges (both signs, $\gamma$ down to the default scale, both initialisations); the CLI
 # `vsgd-bayes validate` prints the same table with 50 cases per check. The error of each check
 # is dimensionless and compared with a tolerance justified in `validation.TOLERANCES`:
@@ -319,6 +319,7 @@ plt.show()
 # | `coordinate_ascent` | largest ELBO decrease of any exact update (section 1, over many cases) |
 # | `elbo_estimator` | largest $\lvert z\rvert$ of NumPyro's `Trace_ELBO` against the closed form (section 4) |
 # | `svi_converges` | distance of NumPyro SVI's end point to `elbo.cavi_optimum` from a perturbed start (section 2) |
+# | `composed_step` | `rule.posterior_update` and `rule.step` over several steps, both starts, against the pieces composed by hand (shape $a_0$ at $t = 1$, $\rho_t = t^{-\kappa}$) |
 
 # %%
 check_results = validation.run_checks(SEED, CHECK_CASES)

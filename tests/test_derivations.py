@@ -8,7 +8,8 @@
 * every code name, state field and location in the notation table of ``derivations/README.md``
   exists in the package, and the authors' names in it match the loader of the golden data;
 * the numbers quoted in ``05_first_step.md`` are reproduced by its script (a check in
-  ``first_step.py``, run below with the others).
+  ``first_step.py``, run below with the others);
+* every status label in the notes uses the vocabulary that ``derivations/README.md`` defines.
 """
 
 from __future__ import annotations
@@ -192,3 +193,36 @@ def test_notation_authors_names_match_the_golden_loader_and_the_transcription():
             else:
                 # A name of their update: the transcription in first_step.py uses it.
                 assert name in transcribed or name == "step", name
+
+
+def _label_vocabulary():
+    text = (DERIVATIONS / "README.md").read_text()
+    section = text.split("## Status markers", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^- \*\*\[(.+?)\]\*\*", section, flags=re.MULTILINE)
+
+
+def _labels(text):
+    labels = re.findall(r"\*\*\[(.+?)\]\*\*", text, re.DOTALL)
+    return [" ".join(label.split()) for label in labels]
+
+
+def test_status_labels_use_the_documented_vocabulary():
+    vocabulary = _label_vocabulary()
+    assert "reconstructed here" in vocabulary and "derived here" in vocabulary  # parser works
+    # The longest matching head first, so the full transcription label is recognised as such.
+    heads = sorted(vocabulary, key=len, reverse=True)
+    used = set()
+    for name, text in _documents().items():
+        if name == "README.md":
+            continue
+        labels = _labels(text)
+        assert labels, name
+        for label in labels:
+            head = next((h for h in heads if label.startswith(h)), None)
+            assert head is not None, f"{name}: label [{label}] is not in the README's list"
+            used.add(head)
+    # "confirmed (paper)" was used for a transcription; nothing may claim the paper's text.
+    assert not any("confirmed (paper)" in text for text in _documents().values())
+    # Check of the check: an unknown label is not matched by any head.
+    assert not any("confirmed (paper)".startswith(h) for h in heads)
+    assert len(used) >= 5  # the vocabulary is in use, not just listed

@@ -5,6 +5,7 @@ import json
 import jax.numpy as jnp
 import pytest
 
+from vsgd_bayes import hyperparameters as hp
 from vsgd_bayes import rule, validation
 from vsgd_bayes.apps import validate
 from vsgd_bayes.elbo import one_step_elbo, one_step_elbo_terms
@@ -41,7 +42,30 @@ def _wrong_elbo(q, *problem):
     return one_step_elbo(q, *problem) - jnp.sum(one_step_elbo_terms(q, *problem).gradient_entropy)
 
 
+def _posterior_update_without_the_first_shape(gradient, state, *, variance_ratio, prior_strength,
+                                             kappa1, kappa2, init):
+    # Forgets the switch: divides by a_0 + 1/2 at step 1 too (instead of a_0).
+    t = state.step + 1
+    shape = hp.posterior_shape(prior_strength, init)
+    mean, variance = rule.local_update(
+        state.gradient_mean, state.drift_rate, state.noise_rate, gradient, shape)
+    drift_target, noise_target = rule.global_targets(
+        mean, variance, state.gradient_mean, gradient, prior_strength, variance_ratio)
+    drift_step_size, noise_step_size = hp.step_sizes(t.astype(gradient.dtype), kappa1, kappa2)
+    return variance, rule.VSGDState(
+        t, mean, rule.svi_blend(state.drift_rate, drift_target, drift_step_size),
+        rule.svi_blend(state.noise_rate, noise_target, noise_step_size))
+
+
+def _step_with_one_exponent(params, gradient, state, *, kappa1, kappa2, **options):
+    # Blends the noise rate with t^-kappa1 instead of t^-kappa2.
+    return rule.step(params, gradient, state, kappa1=kappa1, kappa2=kappa1, **options)
+
+
 @pytest.mark.parametrize("check, updates", [
+    ("composed_step",
+     validation.Updates(posterior_update=_posterior_update_without_the_first_shape)),
+    ("composed_step", validation.Updates(step=_step_with_one_exponent)),
     ("local_stationary", validation.Updates(local_update=_wrong_weights)),
     ("global_stationary", validation.Updates(global_targets=_wrong_targets)),
     ("natural_gradient", validation.Updates(global_targets=_wrong_targets)),

@@ -4,7 +4,7 @@ The closed-form updates in :mod:`vsgd_bayes.rule` (local update, global targets,
 are claimed to be coordinate-ascent and natural-gradient steps on the one-step ELBO of
 :mod:`vsgd_bayes.elbo`, which in turn is claimed to be the ELBO of the NumPyro model
 :func:`vsgd_bayes.model.one_step_model` with the guide :func:`vsgd_bayes.model.one_step_guide`.
-Six checks, each over randomly drawn cases (float64, wide log-ranges, both signs, both
+Seven checks, each over randomly drawn cases (float64, wide log-ranges, both signs, both
 initialisations a_0 = gamma and gamma + 5e-5):
 
 1. ``local_stationary``: the ELBO gradient w.r.t. (mu, ln sigma^2) vanishes at
@@ -16,6 +16,10 @@ initialisations a_0 = gamma and gamma + 5e-5):
 4. ``coordinate_ascent``: no exact CAVI update (local, drift, noise) decreases the ELBO.
 5. ``elbo_estimator``: NumPyro's ``Trace_ELBO`` of model + guide agrees with the closed form.
 6. ``svi_converges``: NumPyro ``SVI`` from a perturbed start reaches ``elbo.cavi_optimum``.
+7. ``composed_step``: ``rule.posterior_update`` and ``rule.step`` over several steps from
+   ``rule.init_state``, for both starts, equal the pieces composed by hand from
+   :mod:`vsgd_bayes.hyperparameters` (the shape a_0 at t = 1 and a_0 + 1/2 after it,
+   rho_t = t^(-kappa)): the composition, which checks 1-6 take apart, is checked whole.
 
 Errors of checks 1-2 are Newton steps -H^-1 grad (the distance to the stationary point that
 the local curvature predicts): relative to the data scale |mu_{t-1}| + |g_hat| for mu and
@@ -70,6 +74,9 @@ TOLERANCES: Dict[str, float] = {
     "elbo_estimator": 4.0,
     # Largest distance to the optimum, from 3.0 at the start (see _check_svi_converges).
     "svi_converges": 0.2,
+    # Relative difference from the hand composition: the same float64 formulas, possibly in
+    # another operation order, so a few ulps; a wrong shape or exponent is off by >= 1e-6.
+    "composed_step": 1e-12,
 }
 
 
@@ -109,6 +116,8 @@ class Updates(NamedTuple):
     global_targets: Callable = rule.global_targets
     svi_blend: Callable = rule.svi_blend
     one_step_elbo: Callable = elbo_module.one_step_elbo
+    posterior_update: Callable = rule.posterior_update
+    step: Callable = rule.step
 
 
 # --------------------------------------------------------------------------------------------
@@ -574,6 +583,81 @@ def _check_svi_converges(seed, cases, updates: Updates) -> CheckResult:
 
 
 # --------------------------------------------------------------------------------------------
+# Check 7: the composed step, both starts, several steps
+# --------------------------------------------------------------------------------------------
+
+#: Steps of the composed-step check: t = 1 (the shape switch) and enough later steps for the
+#: exponents of rho_t = t^-kappa to matter (rho_1 = 1 for any exponent).
+_COMPOSED_STEPS = 6
+
+
+def _relative(got, expected, scale):
+    return jnp.max(jnp.abs(jnp.asarray(got) - expected) / scale)
+
+
+def _check_composed_step(seed: int, cases: int, updates: Updates) -> CheckResult:
+    rng = np.random.default_rng(seed + 5)
+    errors = []
+    for init in hp.INITS:
+        prior_strength = _log_uniform(rng, 1e-10, 1.0, cases)
+        variance_ratio = _log_uniform(rng, 0.1, 1e3, cases)
+        kappa1, kappa2 = 1.0 - 0.5 * rng.random(cases), 1.0 - 0.5 * rng.random(cases)  # (0.5, 1]
+        options = dict(variance_ratio=variance_ratio, prior_strength=prior_strength,
+                       kappa1=kappa1, kappa2=kappa2, init=init)
+        lr, weight_decay = _log_uniform(rng, 1e-4, 1.0, cases), rng.uniform(0.0, 0.1, cases)
+        params = jnp.asarray(rng.normal(size=cases))
+        state = rule.init_state(params, prior_strength, variance_ratio)
+        drift_prior_rate, noise_prior_rate = hp.prior_rates(prior_strength, variance_ratio)
+        errors += [_relative(state.drift_rate, drift_prior_rate, drift_prior_rate),
+                   _relative(state.noise_rate, noise_prior_rate, noise_prior_rate)]
+        for t in range(1, _COMPOSED_STEPS + 1):
+            gradient = jnp.asarray(_signed_log_uniform(rng, 1e-6, 1e3, cases))
+            # By hand: the shape before step t, the local update, the targets, the blend with
+            # rho_t = t^-kappa, the parameter step.
+            shape = hp.shape_before_step(t, prior_strength, init)
+            mean, variance = rule.local_update(
+                state.gradient_mean, state.drift_rate, state.noise_rate, gradient, shape)
+            drift_target, noise_target = rule.global_targets(
+                mean, variance, state.gradient_mean, gradient, prior_strength, variance_ratio)
+            drift_step_size, noise_step_size = hp.step_sizes(float(t), kappa1, kappa2)
+            drift_rate = rule.svi_blend(state.drift_rate, drift_target, drift_step_size)
+            noise_rate = rule.svi_blend(state.noise_rate, noise_target, noise_step_size)
+            new_params = rule.parameter_step(params, mean, variance, lr, weight_decay, 1e-8)
+
+            got_variance, got_state = updates.posterior_update(gradient, state, **options)
+            got_params, stepped = updates.step(
+                params, gradient, state, lr=lr, weight_decay=weight_decay, eps=1e-8, **options)
+            data_scale = jnp.abs(state.gradient_mean) + jnp.abs(gradient)
+            errors += [
+                _relative(got_variance, variance, variance),
+                _relative(got_params, new_params, jnp.abs(params) + lr),
+            ]
+            for candidate in (got_state, stepped):
+                errors += [
+                    _relative(candidate.gradient_mean, mean, data_scale),
+                    _relative(candidate.drift_rate, drift_rate, drift_rate),
+                    _relative(candidate.noise_rate, noise_rate, noise_rate),
+                    jnp.where(candidate.step == t, 0.0, jnp.inf),
+                ]
+            # The next step starts from the state under test, so every step compares one
+            # update from the same input (errors do not accumulate).
+            params, state = got_params, stepped
+    # NaN anywhere must fail: np.max propagates it and CheckResult.passed rejects it.
+    worst = float(np.max(np.stack([np.asarray(e, dtype=float) for e in errors])))
+    return CheckResult(
+        "composed_step",
+        cases * len(hp.INITS),
+        worst,
+        TOLERANCES["composed_step"],
+        detail=(
+            f"max relative difference of posterior_update and step from the hand composition, "
+            f"{_COMPOSED_STEPS} steps from init_state, both starts"
+        ),
+        extra={"steps": _COMPOSED_STEPS},
+    )
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def _result(name: str, errors, detail: str) -> CheckResult:
@@ -589,6 +673,7 @@ CHECKS = (
     "coordinate_ascent",
     "elbo_estimator",
     "svi_converges",
+    "composed_step",
 )
 
 
@@ -634,6 +719,7 @@ def _run(seed: int, cases: int, updates: Updates, names: List[str]) -> List[Chec
         "coordinate_ascent": lambda: _check_coordinate_ascent(drawn, updates),
         "elbo_estimator": lambda: _check_elbo_estimator(seed, drawn, updates),
         "svi_converges": lambda: _check_svi_converges(seed, cases, updates),
+        "composed_step": lambda: _check_composed_step(seed, cases, updates),
     }
     return [runners[name]() for name in CHECKS if name in names]
 

@@ -122,6 +122,80 @@ def check_rate_recursion_is_adamnc_average():
         assert sp.simplify(rate_value - sum(targets[:t]) / t) == 0
 
 
+def check_blend_is_not_a_running_max():
+    # (eq:blend-not-max): b_t - b_{t-1} = rho_t (b'_t - b_{t-1}) is negative whenever the target
+    # falls below the current rate, while AMSGrad's v_hat_t - v_hat_{t-1} = max(0, v_t -
+    # v_hat_{t-1}) never is. Example: targets 1, 100, 1, 1, 1 with rho_t = t^-0.81.
+    previous, target, rho = sp.symbols("b_prev b_target rho", positive=True)
+    assert sp.expand((1 - rho) * previous + rho * target - previous
+                     - rho * (target - previous)) == 0
+    kappa = sp.Rational(81, 100)
+    rates, running_max, rate_value, max_value = [], [], sp.Integer(0), sp.Integer(0)
+    for t, target_value in enumerate([1, 100, 1, 1, 1], start=1):
+        rho_t = sp.Integer(t) ** -kappa
+        rate_value = (1 - rho_t) * rate_value + rho_t * target_value
+        max_value = sp.Max(max_value, target_value)
+        rates.append(float(rate_value))
+        running_max.append(int(max_value))
+    assert all(later < earlier for earlier, later in zip(rates[1:], rates[2:]))  # decreasing
+    assert running_max == [1, 100, 100, 100, 100]
+
+
+def check_running_mean_rate_meets_adamnc_condition_only_for_kappa_one():
+    # (eq:adamnc-condition): kappa = 1: t b_t - (t - 1) b_{t-1} = b'_t > 0, so with
+    # eta_t = eta / sqrt(t), sqrt(b_t) / eta_t = sqrt(t b_t) / eta never decreases.
+    targets = sp.symbols("x1:7", positive=True)
+    rate_value = sp.Integer(0)
+    for t, target in enumerate(targets, start=1):
+        previous = rate_value
+        rate_value = (1 - sp.Rational(1, t)) * previous + sp.Rational(1, t) * target
+        assert sp.simplify(t * rate_value - (t - 1) * previous - target) == 0
+    # kappa < 1: t^kappa b_t - (t-1)^kappa b_{t-1} = b'_t - (1 - t^kappa + (t-1)^kappa) b_{t-1}
+    # can be negative: targets 1 then 1e-8 with kappa = 0.81.
+    kappa = sp.Rational(81, 100)
+    t = sp.Symbol("t", positive=True)
+    previous, target = sp.symbols("b_prev b_target", positive=True)
+    rate_t = (1 - t**-kappa) * previous + t**-kappa * target
+    difference = t**kappa * rate_t - (t - 1) ** kappa * previous
+    assert sp.simplify(difference - (target - (1 - t**kappa + (t - 1) ** kappa) * previous)) == 0
+    assert difference.subs({t: 2, previous: 1, target: sp.Rational(1, 10**8)}) < 0
+
+
+def check_constant_vsgd_denominator_falls_after_a_spike():
+    # On Reddi et al.'s stream (-10, ..., 1010, -10, ...) Constant VSGD's denominator
+    # sqrt(mu_t^2 + sigma_t^2) jumps at the large gradient and falls back within ~1/(1 - beta)
+    # steps (mu_t^2 forgets with beta = 0.9), like Adam's v_t with beta_2 = 0.99 and unlike
+    # AMSGrad's running max.
+    import numpy as np
+
+    import jax
+    import jax.numpy as jnp
+
+    jax.config.update("jax_enable_x64", True)
+    from vsgd_bayes import constant_rule
+
+    from vsgd_bayes import hyperparameters as hp
+
+    stream = np.full(120, -10.0)
+    stream[60] = 1010.0
+    state = constant_rule.init_state(jnp.zeros(1))
+    denominators, v, v_hat, maxima = [], 0.0, 0.0, []
+    for t, g in enumerate(stream, start=1):
+        # The shape before step t: a_0 at step 1, a_0 + 1 afterwards (eq:constant-target).
+        shape = hp.prior_shape(1e-8) if t == 1 else constant_rule.posterior_shape(1e-8)
+        mean, variance = constant_rule.local_update(
+            state.gradient_mean, state.rate, jnp.array([g]), shape, 9.0)
+        _, state = constant_rule.step(jnp.zeros(1), jnp.array([g]), state, variance_ratio=9.0)
+        assert float(state.gradient_mean[0]) == float(mean[0])  # the same local update
+        denominators.append(float(jnp.sqrt(mean**2 + variance)[0]))
+        v = 0.99 * v + 0.01 * g**2
+        v_hat = max(v_hat, v)
+        maxima.append(v_hat)
+    peak = denominators[60]
+    assert peak > 5 * denominators[59] and denominators[110] < 0.5 * peak
+    assert all(b >= a for a, b in zip(maxima, maxima[1:]))
+
+
 def check_constant_rule_matches():
     import numpy as np
 
@@ -167,6 +241,9 @@ CHECKS = [
     check_mean_equals_adam_first_moment,
     check_sgd_momentum_form,
     check_rate_recursion_is_adamnc_average,
+    check_blend_is_not_a_running_max,
+    check_running_mean_rate_meets_adamnc_condition_only_for_kappa_one,
+    check_constant_vsgd_denominator_falls_after_a_spike,
     check_constant_rule_matches,
 ]
 

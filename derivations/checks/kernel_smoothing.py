@@ -67,11 +67,68 @@ def check_unrolled_mean_equals_recursion():
         assert sp.expand(sum(weights) - (1 - keep)) == 0
 
 
+def adam_blend_step_size(beta, t):
+    """rho_t = (1 - beta) / (1 - beta^t) (eq:adam-bias-correction-blend)."""
+    return (1 - beta) / (1 - beta**t)
+
+
+def check_adam_bias_correction_is_a_blend():
+    # m_t = beta m_{t-1} + (1 - beta) g_t, m_0 = 0, m_hat_t = m_t / (1 - beta^t) equals the blend
+    # m_hat_t = (1 - rho_t) m_hat_{t-1} + rho_t g_t with rho_t = (1 - beta)/(1 - beta^t), for
+    # symbolic beta and gradients; rho_1 = 1 (so m_hat_0 does not matter) and the kernel
+    # weights W_{t,s} = rho_s prod_{r>s} (1 - rho_r) are (1 - beta) beta^(t-s) / (1 - beta^t).
+    beta = sp.Symbol("beta", positive=True)
+    gradients = sp.symbols(f"g1:{HORIZON + 1}", real=True)
+    assert sp.simplify(adam_blend_step_size(beta, 1) - 1) == 0
+    moment, blended = sp.Integer(0), sp.Symbol("m_hat_0", real=True)
+    for t in range(1, HORIZON + 1):
+        moment = beta * moment + (1 - beta) * gradients[t - 1]
+        rho = adam_blend_step_size(beta, t)
+        blended = (1 - rho) * blended + rho * gradients[t - 1]
+        assert sp.simplify(moment / (1 - beta**t) - blended) == 0, t
+        weights = blend_weights([adam_blend_step_size(beta, s) for s in range(1, t + 1)])
+        for s, weight in enumerate(weights, start=1):
+            closed = (1 - beta) * beta ** (t - s) / (1 - beta**t)
+            assert sp.simplify(weight - closed) == 0, (t, s)
+    # rho_t -> 1 - beta (a constant step: no Robbins-Monro decay), and rho_t ~ 1/t while
+    # t (1 - beta) << 1 (the running mean, kappa = 1): rho_t * t -> 1 as beta -> 1.
+    t = sp.Symbol("t", positive=True)
+    assert sp.limit(adam_blend_step_size(sp.Rational(9, 10), t), t, sp.oo) == sp.Rational(1, 10)
+    assert sp.limit(adam_blend_step_size(beta, 7) * 7, beta, 1) == 1
+
+
+def check_torch_adam_moments_follow_the_blend():
+    # torch.optim.Adam's state: exp_avg / (1 - beta1^t) and exp_avg_sq / (1 - beta2^t) follow
+    # the blends with rho = (1 - beta)/(1 - beta^t) of g and g^2 (float64, 30 steps, rtol 1e-12:
+    # a few roundings per step).
+    import numpy as np
+    import torch
+
+    betas = (0.9, 0.999)
+    rng = np.random.default_rng(3)
+    x = torch.zeros(5, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.Adam([x], lr=1e-3, betas=betas)
+    first = second = np.zeros(5)
+    for t in range(1, 31):
+        gradient = rng.normal(size=5) * 10.0 ** rng.uniform(-3, 3)
+        x.grad = torch.from_numpy(gradient.copy())
+        optimizer.step()
+        state = optimizer.state[x]
+        first = first + adam_blend_step_size(betas[0], t) * (gradient - first)
+        second = second + adam_blend_step_size(betas[1], t) * (gradient**2 - second)
+        np.testing.assert_allclose(state["exp_avg"].numpy() / (1 - betas[0] ** t), first,
+                                   rtol=1e-12)
+        np.testing.assert_allclose(state["exp_avg_sq"].numpy() / (1 - betas[1] ** t), second,
+                                   rtol=1e-12)
+
+
 CHECKS = [
     check_unrolled_rate_equals_recursion,
     check_rate_weights_sum_to_one,
     check_rate_weights_for_power_schedule,
     check_unrolled_mean_equals_recursion,
+    check_adam_bias_correction_is_a_blend,
+    check_torch_adam_moments_follow_the_blend,
 ]
 
 if __name__ == "__main__":
