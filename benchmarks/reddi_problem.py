@@ -81,7 +81,10 @@ def engine(name: str) -> tuple[Callable, Callable]:
     """(init_state(params), step(params, gradient, state, lr)) of the named optimizer."""
     if name in ("vsgd", "vsgd_paper"):
         init = "paper" if name == "vsgd_paper" else "reference"
-        return rule.init_state, lambda p, g, s, lr: rule.step(p, g, s, lr=lr, init=init)
+        return (
+            lambda p: rule.init_state(p, init=init),
+            lambda p, g, s, lr: rule.step(p, g, s, lr=lr, init=init),
+        )
     if name == "constant_vsgd":
         return (
             constant_rule.init_state,

@@ -606,8 +606,8 @@ def _check_composed_step(seed: int, cases: int, updates: Updates) -> CheckResult
                        kappa1=kappa1, kappa2=kappa2, init=init)
         lr, weight_decay = _log_uniform(rng, 1e-4, 1.0, cases), rng.uniform(0.0, 0.1, cases)
         params = jnp.asarray(rng.normal(size=cases))
-        state = rule.init_state(params, prior_strength, variance_ratio)
-        drift_prior_rate, noise_prior_rate = hp.prior_rates(prior_strength, variance_ratio)
+        state = rule.init_state(params, prior_strength, variance_ratio, init=init)
+        drift_prior_rate, noise_prior_rate = hp.prior_rates(prior_strength, variance_ratio, init)
         errors += [_relative(state.drift_rate, drift_prior_rate, drift_prior_rate),
                    _relative(state.noise_rate, noise_prior_rate, noise_prior_rate)]
         for t in range(1, _COMPOSED_STEPS + 1):
@@ -618,7 +618,8 @@ def _check_composed_step(seed: int, cases: int, updates: Updates) -> CheckResult
             mean, variance = rule.local_update(
                 state.gradient_mean, state.drift_rate, state.noise_rate, gradient, shape)
             drift_target, noise_target = rule.global_targets(
-                mean, variance, state.gradient_mean, gradient, prior_strength, variance_ratio)
+                mean, variance, state.gradient_mean, gradient, prior_strength, variance_ratio,
+                init=init)
             drift_step_size, noise_step_size = hp.step_sizes(float(t), kappa1, kappa2)
             drift_rate = rule.svi_blend(state.drift_rate, drift_target, drift_step_size)
             noise_rate = rule.svi_blend(state.noise_rate, noise_target, noise_step_size)
