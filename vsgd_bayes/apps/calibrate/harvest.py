@@ -180,6 +180,11 @@ def _measure(task, model, params, optimizer, row, seed, step, settings) -> dict[
         "loss": loss,
         "metrics": metrics.checkpoint_metrics(true, minibatches, posterior, estimate),
         "true_gradient_norm": float(np.linalg.norm(true)),
+        # The gradient's scale per coordinate: |g*| and the mini-batch noise std s.
+        "scale": {
+            "abs_true_gradient": metrics.summary(np.abs(true)),
+            "minibatch_std": metrics.summary(minibatches.std(axis=0, ddof=1)),
+        },
         "_true_gradient": true,
         "_posterior": posterior,
     }

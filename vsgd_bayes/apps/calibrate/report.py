@@ -36,6 +36,8 @@ SCALARS: dict[str, tuple[str, ...]] = {
     "momentum_q25": ("metrics", "momentum", "q25"),
     "momentum_q75": ("metrics", "momentum", "q75"),
     "subset_ratio": ("subset", "ratio"),
+    "abs_true_gradient_median": ("scale", "abs_true_gradient", "median"),
+    "minibatch_std_median": ("scale", "minibatch_std", "median"),
     "loss": ("loss",),
 }
 
