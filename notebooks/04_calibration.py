@@ -61,6 +61,7 @@ import numpy as np
 import torch
 from IPython.display import Markdown, display
 
+from vsgd_bayes import hyperparameters as hp
 from vsgd_bayes.apps.calibrate import metrics, report, synthetic
 from vsgd_bayes.apps.calibrate.harvest import calibrate_run
 from vsgd_bayes.apps.calibrate.optimizers import CALIBRATED_OPTIMIZERS
@@ -170,14 +171,19 @@ def first(task_name, name, key):
 
 
 mlp = "digits-mlp"
+gamma = hp.DEFAULTS["prior_strength"]
+prior_variance = {init: gamma / hp.prior_shape(gamma, init) for init in ("paper", "reference")}
 last_step = aggregated[mlp]["vsgd"]["aggregate"][-1]["step"]
 display(Markdown(
     f"On the MLP, at step {last_step} (mean over {len(SEEDS)} seed(s)):\n\n"
     f"* **Noise.** VSGD's noise variance is $10^{{{final(mlp, 'vsgd', 'noise_log10_median'):.2f}}}$"
     f" times the measured mini-batch variance (median coordinate) with the reference start and "
     f"$10^{{{final(mlp, 'vsgd-paper', 'noise_log10_median'):.2f}}}$ with the paper start "
-    f"($10^{{{first(mlp, 'vsgd-paper', 'noise_log10_median'):.2f}}}$ at step 1: its prior "
-    f"variance is absolute, ~1, against per-coordinate gradients of order 1e-3..1e-1).\n"
+    f"($10^{{{first(mlp, 'vsgd-paper', 'noise_log10_median'):.2f}}}$ at step 1). The step-1 "
+    f"prior variance $\\gamma/a_0$ is absolute: {prior_variance['paper']:.3g} for the paper "
+    f"start and {prior_variance['reference']:.3g} for the reference start, while the median "
+    f"coordinate at step 1 has $|g^*|$ = {first(mlp, 'vsgd', 'abs_true_gradient_median'):.2g} "
+    f"and mini-batch std $s$ = {first(mlp, 'vsgd', 'minibatch_std_median'):.2g}.\n"
     f"* **Drift.** The drift variance is $10^{{{final(mlp, 'vsgd', 'drift_log10_median'):.2f}}}$"
     f" (reference) and $10^{{{final(mlp, 'vsgd-paper', 'drift_log10_median'):.2f}}}$ (paper) "
     f"times the measured change of $g^*$ per step.\n"
@@ -197,6 +203,40 @@ display(Markdown(
     f"(reference) and {final(mlp, 'vsgd-paper', 'momentum_median'):.3f} (paper), against "
     f"$K_g/(1 + K_g)$ = {30 / 31:.3f} for the prior ratio $K_g = 30$."
 ))
+
+# %% [markdown]
+# The distribution of $\beta_1$ over the coordinates at the last checkpoint (first seed), and
+# how the noise ratio follows the gradient noise as training proceeds.
+
+# %%
+fig, axis = plt.subplots(figsize=(6, 3.5))
+edges = np.linspace(0.0, 1.0, 21)
+for name in ("vsgd", "vsgd-paper"):
+    histogram = runs[mlp, name][0]["checkpoints"][-1]["metrics"]["momentum"]["histogram"]
+    axis.stairs(np.array(histogram) / np.sum(histogram), edges,
+                label=aggregated[mlp][name]["label"])
+axis.set(xlabel="β₁ = b_ĝ / (b_g + b_ĝ)", ylabel="fraction of coordinates",
+         title=f"{mlp}, step {last_step}")
+axis.legend(fontsize=8)
+plt.show()
+
+rows = aggregated[mlp]["vsgd"]["aggregate"]
+peak = min(range(len(rows)), key=lambda i: abs(rows[i]["noise_log10_median"]["mean"]))
+lines = [
+    f"VSGD (reference start): the noise ratio is closest to 1 at step {rows[peak]['step']} "
+    f"($10^{{{rows[peak]['noise_log10_median']['mean']:.2f}}}$, mini-batch std of the median "
+    f"coordinate {rows[peak]['minibatch_std_median']['mean']:.2g}) and "
+    f"$10^{{{rows[-1]['noise_log10_median']['mean']:.2f}}}$ at step {rows[-1]['step']} "
+    f"(std {rows[-1]['minibatch_std_median']['mean']:.2g})."
+]
+if (rows[-1]["minibatch_std_median"]["mean"] < rows[peak]["minibatch_std_median"]["mean"]
+        and rows[-1]["noise_log10_median"]["mean"] > rows[peak]["noise_log10_median"]["mean"]):
+    lines.append(
+        "The measured noise shrinks as the training loss falls while the noise rate, an SVI "
+        "average with step $\\rho_t = t^{-\\kappa_2}$ (a long memory), keeps the larger "
+        "residuals of earlier steps: the noise variance lags behind."
+    )
+display(Markdown(" ".join(lines)))
 
 # %% [markdown]
 # Read with the synthetic check above: the instrument reports an exact posterior as

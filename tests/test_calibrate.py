@@ -12,7 +12,11 @@ import pytest
 import torch
 
 from vsgd_bayes.apps.calibrate import cli, metrics, synthetic
-from vsgd_bayes.apps.calibrate.harvest import calibrate_run, checkpoint_steps, true_gradient
+from vsgd_bayes.apps.calibrate.harvest import (
+    calibrate_run,
+    checkpoint_steps,
+    true_gradient,
+)
 from vsgd_bayes.apps.calibrate.optimizers import (
     CALIBRATED_OPTIMIZERS,
     adam_first_moment,

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = replace(settings, **overrides)
         settings_used[task_name] = {
             **asdict(settings),
-            "true_gradient": ("subset of %d windows" % task.true_gradient_windows
+            "true_gradient": (f"subset of {task.true_gradient_windows} windows"
                               if task.true_gradient_is_subset else "whole training split"),
         }
         results[task_name] = {}

@@ -42,7 +42,7 @@ def checkpoint_steps(steps: int, count: int, gap: int) -> list[int]:
         raise ValueError(f"Invalid checkpoints: steps={steps}, count={count}, gap={gap}")
     chosen: list[int] = []
     for point in np.geomspace(1, steps, count):
-        step = max(int(round(point)), chosen[-1] + gap if chosen else 1)
+        step = max(round(point), chosen[-1] + gap if chosen else 1)
         chosen.append(step)
     return chosen
 

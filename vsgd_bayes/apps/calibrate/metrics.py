@@ -126,7 +126,9 @@ def _log10_ratio(numerator: np.ndarray, denominator: np.ndarray) -> tuple[np.nda
     return ratio, int(valid.size - valid.sum())
 
 
-def noise_calibration(noise_variance: np.ndarray, minibatch_gradients: np.ndarray) -> dict[str, Any]:
+def noise_calibration(
+    noise_variance: np.ndarray, minibatch_gradients: np.ndarray
+) -> dict[str, Any]:
     """log10(r_t / s^2) per coordinate, s^2 the sample variance of the M fresh mini-batch
     gradients (ddof 1). 0 is calibrated, > 0 the optimizer over-states the noise.
 
@@ -200,7 +202,8 @@ def posterior_calibration(
     absolute = np.abs(z)
     normal = NormalDist()
     coverage = {
-        f"{level:g}": float(np.mean(absolute <= normal.inv_cdf(0.5 + level / 2))) for level in levels
+        f"{level:g}": float(np.mean(absolute <= normal.inv_cdf(0.5 + level / 2)))
+        for level in levels
     }
     return {
         "coverage": coverage,
@@ -221,7 +224,8 @@ def estimation_error(
     and the same ratio per coordinate (log10, median and IQR)."""
     true_gradient = np.asarray(true_gradient, dtype=np.float64)
     error = (np.asarray(estimate, dtype=np.float64) - true_gradient) ** 2
-    batch_error = np.mean((np.asarray(minibatch_gradients, np.float64) - true_gradient) ** 2, axis=0)
+    batches = np.asarray(minibatch_gradients, dtype=np.float64)
+    batch_error = np.mean((batches - true_gradient) ** 2, axis=0)
     per_coordinate, _ = _log10_ratio(error, batch_error)
     return {
         "ratio": float(error.sum() / batch_error.sum()),

@@ -19,8 +19,9 @@ trajectories; it is not a contest of rates.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor

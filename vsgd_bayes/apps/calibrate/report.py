@@ -7,7 +7,8 @@ computed per seed; the tables give the mean over seeds and the figures its min-m
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -93,13 +94,15 @@ def format_table(results: dict[str, Any], steps: str = "all") -> str:
     """
     levels = " / ".join(f"{level:g}" for level in NOMINAL_LEVELS)
     lines = [
-        f"| task | optimizer | step | noise log10(r/s²) median [IQR] | drift log10(q/d²) "
-        f"median | coverage at {levels} | robust scale | std z | ‖μ−g*‖²/‖ĝ−g*‖² | "
-        "β₁ median [IQR] |",
+        (
+            f"| task | optimizer | step | noise log10(r/s²) median [IQR] | drift log10(q/d²) "
+            f"median | coverage at {levels} | robust scale | std z | ‖μ−g*‖²/‖ĝ−g*‖² | "
+            "β₁ median [IQR] |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for task, by_optimizer in results.items():
-        for name, entry in by_optimizer.items():
+        for entry in by_optimizer.values():
             rows = entry["aggregate"]
             for row in rows[-1:] if steps == "final" else rows:
                 noise = (

@@ -17,6 +17,7 @@ is the *full-batch* objective, so that its gradient is the exact gradient g*:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -78,7 +79,7 @@ class _WholeTrainingSplit:
     """g* over the whole training split, in one batch (its mean loss is the objective)."""
 
     true_gradient_is_subset = False
-    quick_overrides: dict = {}
+    quick_overrides: ClassVar[dict[str, Any]] = {}
 
     def true_gradient_batches(self) -> list[tuple[torch.Tensor, ...]]:
         return [tuple(self.data["train"])]
@@ -105,7 +106,9 @@ class CalibrationCharLM(CharLM):
     true_gradient_windows = 1024
     chunk_windows = 128
     #: ``--quick``: a 256-window subset in 4 chunks.
-    quick_overrides = {"true_gradient_windows": 256, "chunk_windows": 64}
+    quick_overrides: ClassVar[dict[str, Any]] = {
+        "true_gradient_windows": 256, "chunk_windows": 64
+    }
 
     def true_gradient_batches(self) -> list[tuple[torch.Tensor, ...]]:
         """Equal chunks of the fixed window subset; the first half of the chunks and the second
