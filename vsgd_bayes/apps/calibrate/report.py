@@ -90,21 +90,22 @@ def _significant(row: dict[str, Any], name: str) -> str:
 def format_table(results: dict[str, Any], steps: str = "all") -> str:
     """A Markdown table: task, optimizer, step, then the mean over seeds of each metric.
 
-    ``steps="final"`` keeps only each run's last checkpoint.
+    ``steps="final"`` keeps only the last checkpoint, ``"middle"`` the middle one.
     """
     levels = " / ".join(f"{level:g}" for level in NOMINAL_LEVELS)
     lines = [
         (
-            f"| task | optimizer | step | noise log10(r/s²) median [IQR] | drift log10(q/d²) "
-            f"median | coverage at {levels} | robust scale | std z | ‖μ−g*‖²/‖ĝ−g*‖² | "
-            "β₁ median [IQR] |"
+            "| task | optimizer | step | noise log10(r/s²) median [IQR] | "
+            f"drift log10(q/d²) median | coverage at {levels} | robust scale | std z | "
+            "‖μ−g*‖²/‖ĝ−g*‖² | β₁ median [IQR] |"
         ),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for task, by_optimizer in results.items():
         for entry in by_optimizer.values():
             rows = entry["aggregate"]
-            for row in rows[-1:] if steps == "final" else rows:
+            chosen = {"final": rows[-1:], "middle": rows[len(rows) // 2 : len(rows) // 2 + 1]}
+            for row in chosen.get(steps, rows):
                 noise = (
                     f"{_mean(row, 'noise_log10_median', signed=True)} "
                     f"[{_mean(row, 'noise_log10_q25', signed=True)}, "
