@@ -244,3 +244,14 @@ def test_cli_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         cli.main(["digits-mlp", "--minibatches", "1"])
     assert "Invalid --minibatches: 1" in capsys.readouterr().err
+
+
+def test_dispatcher_knows_calibrate(capsys):
+    from vsgd_bayes.apps import cli as dispatcher
+
+    assert dispatcher.main([]) == 2
+    assert "calibrate" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as raised:
+        dispatcher.main(["calibrate", "--help"])
+    assert raised.value.code == 0
+    assert "digits-mlp" in capsys.readouterr().out
