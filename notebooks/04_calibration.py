@@ -232,9 +232,8 @@ lines = [
 if (rows[-1]["minibatch_std_median"]["mean"] < rows[peak]["minibatch_std_median"]["mean"]
         and rows[-1]["noise_log10_median"]["mean"] > rows[peak]["noise_log10_median"]["mean"]):
     lines.append(
-        "The measured noise shrinks as the training loss falls while the noise rate, an SVI "
-        "average with step $\\rho_t = t^{-\\kappa_2}$ (a long memory), keeps the larger "
-        "residuals of earlier steps: the noise variance lags behind."
+        "The measured noise shrinks as the training loss falls, faster than the noise "
+        "variance $b_{\\hat g}/a$ does."
     )
 display(Markdown(" ".join(lines)))
 
