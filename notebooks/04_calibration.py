@@ -238,6 +238,32 @@ if (rows[-1]["minibatch_std_median"]["mean"] < rows[peak]["minibatch_std_median"
 display(Markdown(" ".join(lines)))
 
 # %% [markdown]
+# How much of this is the start rather than the gradients? VSGD fed *zero* gradients for as many
+# steps (only the prior and the update's own feedback, $\sigma_t^2$ entering both rate targets)
+# ends with a posterior we can set beside the trained network's.
+
+# %%
+from vsgd_bayes.torch import VSGD
+
+zero_stream = {}
+for name, init in (("vsgd", "reference"), ("vsgd-paper", "paper")):
+    weight = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    optimizer = VSGD([weight], lr=0.01, init=init)
+    for _ in range(last_step):
+        weight.grad = torch.zeros_like(weight)
+        optimizer.step()
+    zero_stream[name] = optimizer.gradient_posterior(weight)
+display(Markdown(" ".join(
+    f"{aggregated[mlp][name]['label']}: zero gradients give $\\beta_1$ = "
+    f"{zero_stream[name].momentum.item():.4f} and noise variance "
+    f"{zero_stream[name].noise_variance.item():.3g} after {last_step} steps; on the MLP the "
+    f"median $\\beta_1$ is {final(mlp, name, 'momentum_median'):.4f} and the median "
+    f"mini-batch variance $s^2$ is {final(mlp, name, 'minibatch_std_median') ** 2:.3g}."
+    for name in zero_stream
+)))
+results["zero_stream_momentum"] = {name: zero_stream[name].momentum.item() for name in zero_stream}
+
+# %% [markdown]
 # Read with the synthetic check above: the instrument reports an exact posterior as
 # calibrated and flags a factor 3 either way, so what the real runs show is the posterior's,
 # not the instrument's. The command `vsgd-bayes calibrate all --seeds 3` runs the same

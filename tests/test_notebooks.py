@@ -147,6 +147,10 @@ def test_calibration(kernel_environment):
         assert 0.0 <= final[name]["coverage_0.95"] <= 1.0, name
         assert 0.0 < final[name]["momentum_median"] < 1.0, name
     for name in final:
-        assert math.isfinite(final[name]["estimation_ratio"]) and final[name]["estimation_ratio"] > 0
+        ratio = final[name]["estimation_ratio"]
+        assert math.isfinite(ratio) and ratio > 0, name
     # The paper start's absolute prior (variance ~1) dwarfs this MLP's gradient noise at step 1.
     assert results["mlp_first_paper_noise"] > 3.0
+    # Zero gradients through the real VSGD: beta_1 stays strictly between 1/2 and K_g/(1+K_g).
+    for name, momentum in results["zero_stream_momentum"].items():
+        assert 0.5 < momentum < 30 / 31, name
