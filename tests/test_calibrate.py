@@ -257,3 +257,26 @@ def test_dispatcher_knows_calibrate(capsys):
         dispatcher.main(["calibrate", "--help"])
     assert raised.value.code == 0
     assert "digits-mlp" in capsys.readouterr().out
+
+
+def test_measuring_leaves_the_training_trajectory_unchanged():
+    task = make_calibration_task("digits-mlp")
+    settings = type(task).quick_settings
+    row = optimizer_row("vsgd")
+    run = calibrate_run(task, row, seed=3, settings=settings)
+    measured = {record["step"]: record["loss"] for record in run["checkpoints"]}
+    # The same seed trained without any measurement: the full-batch losses at the checkpoints
+    # must be the same numbers (measurements use their own generator and never write .grad).
+    torch.manual_seed(3)
+    model = task.build_model()
+    optimizer = row.build(list(model.parameters()), row.learning_rates["digits-mlp"])
+    generator = torch.Generator().manual_seed(3)
+    for step in range(1, max(measured) + 1):
+        loss = task.loss(model, task.sample_batch(generator, settings.batch_size), generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step in measured:
+            with torch.no_grad():
+                full = task.loss(model, task.true_gradient_batches()[0], None).item()
+            assert full == measured[step], step
