@@ -141,3 +141,28 @@ def test_train_with_vsgd(kernel_environment):
     assert 0.0 < results["ratio_quartiles"][0] <= results["ratio_quartiles"][2]
     assert 0.0 < results["ratio_spike_share"] <= 1.0 and results["ratio_spike_value"] > 0.0
     assert 0.0 <= results["share_signal_to_noise_above_1"] <= 1.0
+
+
+def test_calibration(kernel_environment):
+    results = execute_notebook("04_calibration.py", kernel_environment)
+    synthetic = results["synthetic"]
+    # The exact filter is calibrated within 2 points at every level (20,000 coordinates:
+    # sampling sd <= 0.35 points); sigma x 3 and sigma / 3 are flagged.
+    for level, observed in synthetic["exact filter"]["coverage"].items():
+        assert abs(observed - float(level)) <= 0.02, level
+    assert abs(synthetic["exact filter"]["noise_ratio"] - 1.0) < 0.05
+    assert synthetic["σ × 3"]["verdict"] == "over-covering"
+    assert synthetic["σ / 3"]["verdict"] == "under-covering"
+    final = results["mlp_final"]
+    assert set(final) == {"vsgd", "vsgd-paper", "constant-vsgd", "adamw", "sgd"}
+    for name in ("vsgd", "vsgd-paper", "constant-vsgd"):
+        assert 0.0 <= final[name]["coverage_0.95"] <= 1.0, name
+        assert 0.0 < final[name]["momentum_median"] < 1.0, name
+    for name in final:
+        ratio = final[name]["estimation_ratio"]
+        assert math.isfinite(ratio) and ratio > 0, name
+    # The paper start's absolute prior (variance ~1) dwarfs this MLP's gradient noise at step 1.
+    assert results["mlp_first_paper_noise"] > 3.0
+    # Zero gradients through the real VSGD: beta_1 stays strictly between 1/2 and K_g/(1+K_g).
+    for name, momentum in results["zero_stream_momentum"].items():
+        assert 0.5 < momentum < 30 / 31, name

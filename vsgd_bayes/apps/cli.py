@@ -17,6 +17,7 @@ COMMANDS = {
     "demo": ("vsgd_bayes.apps.demo", "validation plus a short training demo on scikit-learn digits"),
     "bench": ("vsgd_bayes.apps.bench.cli", "compare VSGD with AdamW and SGD on small real tasks"),
     "paper": ("vsgd_bayes.apps.paper.cli", "run the paper's CIFAR-100 / Tiny ImageNet setups"),
+    "calibrate": ("vsgd_bayes.apps.calibrate.cli", "is the gradient posterior calibrated?"),
 }
 
 

@@ -1,0 +1,153 @@
+"""The optimizers under study, one declaration row each, with their posterior providers.
+
+A row says how to build the optimizer, which learning rate it runs at on each task, and how to
+read, per parameter, its *gradient posterior* (``posterior``: the four fields of
+``vsgd_bayes.torch.GradientPosterior``: mean, drift_variance, noise_variance, momentum) and/or
+its *gradient estimate* (``estimate``: the vector its step is built from, for the estimation-
+error metric). A new optimizer with a ``gradient_posterior(p)`` method, e.g. a Kalman VSGD,
+costs one row::
+
+    CalibratedOptimizer("kalman-vsgd", "KalmanVSGD", lambda params, lr: KalmanVSGD(params, lr=lr),
+                        VSGD_RATES, posterior=gradient_posterior_method)
+
+Learning rates: on digits-cnn and char-lm the rates ``vsgd-bayes bench`` chose on validation
+(benchmarks/RESULTS.md; the paper start runs at the reference start's rate); on digits-mlp
+lr 0.01 for the VSGD family (the rate of the recorded reference training run of this MLP) and
+the usual 3e-3 / 0.1 for AdamW / SGD-momentum, not tuned. Calibration is measured along these
+trajectories; it is not a contest of rates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "CalibratedOptimizer",
+    "CALIBRATED_OPTIMIZERS",
+    "gradient_posterior_method",
+    "constant_vsgd_posterior",
+    "adam_first_moment",
+    "sgd_normalised_buffer",
+    "optimizer_row",
+]
+
+
+@dataclass(frozen=True)
+class CalibratedOptimizer:
+    """One optimizer under study.
+
+    Attributes:
+        name: the command-line name.
+        label: how tables and plots name it.
+        build: ``build(params, lr)`` -> a torch optimizer.
+        learning_rates: task name -> lr.
+        posterior: ``posterior(optimizer, param)`` -> an object with fields mean,
+            drift_variance, noise_variance, momentum (tensors shaped like ``param``); None
+            for optimizers without a gradient posterior.
+        estimate: ``estimate(optimizer, param, step)`` -> the gradient estimate its step uses;
+            None: the posterior mean.
+    """
+
+    name: str
+    label: str
+    build: Callable[[Iterable[Tensor], float], torch.optim.Optimizer]
+    learning_rates: dict[str, float]
+    posterior: Callable[[torch.optim.Optimizer, Tensor], Any] | None = None
+    estimate: Callable[[torch.optim.Optimizer, Tensor, int], Tensor] | None = None
+
+
+def gradient_posterior_method(optimizer: torch.optim.Optimizer, param: Tensor) -> Any:
+    """The optimizer's own ``gradient_posterior(param)`` (VSGD and any optimizer like it)."""
+    return optimizer.gradient_posterior(param)
+
+
+def constant_vsgd_posterior(optimizer: torch.optim.Optimizer, param: Tensor) -> Any:
+    """ConstantVSGD's posterior from its state (derived from its model, see ``constant.py``):
+    one precision w with E[w] = a/b; drift variance b/a, noise variance K_g b/a, momentum
+    K_g/(1 + K_g), with a = a_0 + 1 after the first step."""
+    from vsgd_bayes.torch import GradientPosterior
+    from vsgd_bayes.torch.constant import posterior_shape
+
+    group = next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
+    state = optimizer.state[param]
+    ratio = float(group["variance_ratio"])
+    drift_variance = state["rate"] / posterior_shape(group["prior_strength"], group["init"])
+    return GradientPosterior(
+        mean=state["gradient_mean"].clone(),
+        drift_variance=drift_variance,
+        noise_variance=ratio * drift_variance,
+        momentum=torch.full_like(drift_variance, ratio / (1.0 + ratio)),
+    )
+
+
+def adam_first_moment(optimizer: torch.optim.Optimizer, param: Tensor, step: int) -> Tensor:
+    """Adam(W)'s bias-corrected first moment m_t / (1 - beta_1^t)."""
+    group = next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
+    beta1 = group["betas"][0]
+    return optimizer.state[param]["exp_avg"] / (1.0 - beta1**step)
+
+
+def sgd_normalised_buffer(optimizer: torch.optim.Optimizer, param: Tensor, step: int) -> Tensor:
+    """SGD-momentum's buffer divided by its weights' sum: torch keeps buf_1 = ĝ_1 and
+    buf_t = m buf_{t-1} + ĝ_t (dampening 0), whose weights sum to (1 - m^t)/(1 - m)."""
+    group = next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
+    momentum = group["momentum"]
+    if group["dampening"] != 0 or group["nesterov"] or group["weight_decay"] != 0:
+        raise ValueError("sgd_normalised_buffer: needs dampening 0, no Nesterov, no weight decay")
+    return optimizer.state[param]["momentum_buffer"] * ((1.0 - momentum) / (1.0 - momentum**step))
+
+
+def _vsgd(init: str) -> Callable[[Iterable[Tensor], float], torch.optim.Optimizer]:
+    def build(params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer:
+        from vsgd_bayes.torch import VSGD
+
+        return VSGD(params, lr=lr, init=init)
+
+    return build
+
+
+def _constant_vsgd(params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer:
+    from vsgd_bayes.torch import ConstantVSGD
+
+    return ConstantVSGD(params, lr=lr)
+
+
+def _adamw(params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+
+def _sgd(params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, momentum=0.9)
+
+
+VSGD_RATES = {"digits-mlp": 0.01, "digits-cnn": 0.003, "char-lm": 0.03}
+
+#: The optimizers under study, in table order.
+CALIBRATED_OPTIMIZERS: tuple[CalibratedOptimizer, ...] = (
+    CalibratedOptimizer("vsgd", "VSGD (reference start)", _vsgd("reference"), VSGD_RATES,
+                        posterior=gradient_posterior_method),
+    CalibratedOptimizer("vsgd-paper", "VSGD (paper start)", _vsgd("paper"), VSGD_RATES,
+                        posterior=gradient_posterior_method),
+    CalibratedOptimizer("constant-vsgd", "ConstantVSGD", _constant_vsgd, VSGD_RATES,
+                        posterior=constant_vsgd_posterior),
+    CalibratedOptimizer("adamw", "AdamW", _adamw,
+                        {"digits-mlp": 0.003, "digits-cnn": 0.01, "char-lm": 0.01},
+                        estimate=adam_first_moment),
+    CalibratedOptimizer("sgd", "SGD-momentum", _sgd,
+                        {"digits-mlp": 0.1, "digits-cnn": 0.1, "char-lm": 0.3},
+                        estimate=sgd_normalised_buffer),
+)
+
+
+def optimizer_row(name: str) -> CalibratedOptimizer:
+    """The row called ``name``; ``ValueError`` naming the choices otherwise."""
+    for row in CALIBRATED_OPTIMIZERS:
+        if row.name == name:
+            return row
+    names = tuple(row.name for row in CALIBRATED_OPTIMIZERS)
+    raise ValueError(f"Invalid optimizer: {name!r} (must be one of {names})")
