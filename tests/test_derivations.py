@@ -93,13 +93,18 @@ def test_references_in_the_notes_are_defined():
             assert label in definitions, f"{name} cites (eq:{label}), which no note defines"
 
 
-@pytest.mark.parametrize("module", ["rule.py", "constant_rule.py"])
+@pytest.mark.parametrize("module", ["rule.py", "constant_rule.py", "kalman_rule.py"])
 def test_labels_cited_by_the_code_exist(module):
     source = (PACKAGE / module).read_text()
     cited = set(re.findall(r"\[([a-z]+(?:-[a-z]+)+)\]", source))
     expected = {
         "rule.py": {"local-variance", "local-mean", "global-targets", "svi-blend", "parameter-step"},
         "constant_rule.py": {"constant-mean", "constant-variance", "constant-target"},
+        "kalman_rule.py": {
+            "kalman-steady-gain", "kalman-innovation", "kalman-ratio-step", "kalman-mean",
+            "kalman-sensitivity", "kalman-innovation-variance", "kalman-variances",
+            "kalman-predict", "kalman-update", "kalman-likelihood", "parameter-step",
+        },
     }[module]
     assert expected <= cited  # the parser finds the labels this test was written for
     missing = cited - set(_defined_labels())
@@ -158,9 +163,13 @@ def test_notation_code_names_exist_in_the_package():
 
 
 def test_notation_state_fields_are_state_fields():
-    from vsgd_bayes import constant_rule, rule
+    from vsgd_bayes import constant_rule, kalman_rule, rule
 
-    fields = set(rule.VSGDState._fields) | set(constant_rule.ConstantVSGDState._fields)
+    fields = (
+        set(rule.VSGDState._fields)
+        | set(constant_rule.ConstantVSGDState._fields)
+        | set(kalman_rule.KalmanVSGDState._fields)
+    )
     listed = {name for row in _notation_rows() for name in _names(row["state"])}
     assert listed == fields  # every field documented, nothing else
 
