@@ -25,7 +25,7 @@ maximum likelihood (the prediction-error method) from the innovations v_t = g_ha
     q &= S k^2, \quad r = S(1-k), \quad \sigma_t^2 = S_t k (1-k)
         && \text{[kalman-variances]} \\
     \theta_t &= \theta_{t-1}(1 - \eta\lambda_{wd})
-        - \eta\,\frac{\mu_t}{\sqrt{\mu_t^2 + \sigma_t^2} + \epsilon}
+        - \eta\,\frac{\mu_t}{\max(\sqrt{\mu_t^2 + \sigma_t^2} + \epsilon, \text{tiny})}
         && \text{[parameter-step]}
 
 Everything is per coordinate; s is the sensitivity d mu / d k. No quantity carries an absolute
@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 
 from vsgd_bayes import hyperparameters as hp
-from vsgd_bayes.rule import parameter_step, state_dtype
+from vsgd_bayes.rule import state_dtype
 
 __all__ = [
     "KalmanVSGDState",
@@ -63,6 +63,8 @@ __all__ = [
     "filter_update",
     "innovation_variance_update",
     "variances",
+    "normalized_direction",
+    "parameter_step",
     "posterior_update",
     "step",
     "exact_filter",
@@ -159,6 +161,28 @@ def variances(innovation_variance, gain, complement):
     drift_variance = innovation_variance * gain * gain
     noise_variance = innovation_variance * complement
     return drift_variance, noise_variance, noise_variance * gain
+
+
+def normalized_direction(gradient_mean, gradient_variance, eps):
+    """mu / max(sqrt(mu^2 + sigma^2) + eps, tiny): VSGD's direction, with 0/0 read as 0.
+
+    The denominator is 0 only when mu = sigma^2 = 0 (a coordinate whose gradient has always
+    been exactly 0); the floor ``tiny`` (the dtype's smallest normal number) turns that 0/0 into
+    0 without an eps, so the default eps = 0 keeps the step scale-invariant
+    (eq:kalman-scale-invariance) for every gradient above the float range's floor.
+    """
+    tiny = jnp.finfo(gradient_mean.dtype).tiny
+    denominator = jnp.sqrt(gradient_mean**2 + gradient_variance) + eps
+    return gradient_mean / jnp.maximum(denominator, tiny)
+
+
+def parameter_step(params, gradient_mean, gradient_variance, lr, weight_decay, eps):
+    """theta <- theta (1 - eta lambda_wd) - eta * direction [parameter-step], as
+    :func:`vsgd_bayes.rule.parameter_step` but with :func:`normalized_direction` above."""
+    lr = jnp.asarray(lr, params.dtype)
+    weight_decay = jnp.asarray(weight_decay, params.dtype)
+    decayed = params * (1.0 - lr * weight_decay)
+    return decayed - lr * normalized_direction(gradient_mean, gradient_variance, eps)
 
 
 def posterior_update(

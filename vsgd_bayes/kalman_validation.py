@@ -154,7 +154,7 @@ def _check_exact_posterior(rng: np.random.Generator, cases: int, updates: Kalman
             float(jnp.max(jnp.abs(posterior - dense_variances))) / noise,
         )
     return CheckResult(
-        "exact_posterior", cases, worst, TOLERANCES["exact_posterior"],
+        "exact_posterior", cases, float(worst), TOLERANCES["exact_posterior"],
         "max error of means (/data scale), variances (/r), log-lik (relative) vs dense Gaussian",
     )
 
@@ -209,7 +209,7 @@ def _check_sensitivities(rng: np.random.Generator, cases: int, updates: KalmanUp
             / float(forward_gain_derivative),
         )
     return CheckResult(
-        "sensitivities", cases, worst, TOLERANCES["sensitivities"],
+        "sensitivities", cases, float(worst), TOLERANCES["sensitivities"],
         "max relative gap of d mu/dk, sum of scores, dk/d ln lambda vs jax.jvp",
     )
 
@@ -265,7 +265,7 @@ def _check_online_ml(rng: np.random.Generator, updates: KalmanUpdates, steps: in
         rows.append(errors)
         worst = max(worst, *errors) if all(map(math.isfinite, errors)) else math.nan
     return CheckResult(
-        "online_ml", len(ratios), worst, TOLERANCES["online_ml"],
+        "online_ml", len(ratios), float(worst), TOLERANCES["online_ml"],
         f"max |ln(online/offline ML)| of q, r after {steps} steps (q/r = "
         + ", ".join(f"{x:g}" for x in ratios) + ")",
         extra={"errors_ln_q_ln_r": [list(map(float, e)) for e in rows]},
