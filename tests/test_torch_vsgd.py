@@ -283,8 +283,8 @@ def test_sparse_gradients_are_rejected_before_anything_changes():
     before = snapshot(optimizer, [dense, sparse])
     dense.grad = torch.ones_like(dense)
     sparse.grad = torch.ones_like(sparse).to_sparse()
-    message = r"does not support sparse gradients: parameter 1 of param group 0"
-    with pytest.raises(TypeError, match=message):
+    message = r"VSGD does not support sparse gradients: parameter 1 of param group 0"
+    with pytest.raises(RuntimeError, match=message):
         optimizer.step()
     assert_unchanged(before, snapshot(optimizer, [dense, sparse]))
 
