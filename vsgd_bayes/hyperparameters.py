@@ -39,6 +39,7 @@ from typing import Any, Callable, Dict, Tuple
 
 __all__ = [
     "DEFAULTS",
+    "CONSTANT_DEFAULTS",
     "INITS",
     "REFERENCE_SHAPE_OFFSET",
     "VSGDHyperparameters",
@@ -47,6 +48,7 @@ __all__ = [
     "validate_hyperparameters",
     "prior_shape",
     "posterior_shape",
+    "constant_posterior_shape",
     "shape_before_step",
     "prior_rates",
     "step_sizes",
@@ -68,6 +70,21 @@ DEFAULTS: Dict[str, Any] = {
     "weight_decay": 0.0,
     "eps": 1e-8,
     "init": "reference",
+}
+
+#: Defaults of Constant VSGD (derived here; no published code has them). It shares VSGD's
+#: lr, prior, eps and init; ``kappa`` (its one Robbins-Monro exponent) is VSGD's kappa1. The
+#: ratio differs: Constant VSGD's momentum is fixed at K_g / (1 + K_g), and K_g = 9 gives
+#: Adam's and SGD-momentum's well-tried beta_1 = 0.9 (VSGD's prior ratio 30 would freeze a
+#: heavier 0.968, whereas VSGD's own momentum adapts).
+CONSTANT_DEFAULTS: Dict[str, Any] = {
+    "lr": DEFAULTS["lr"],
+    "variance_ratio": 9.0,
+    "prior_strength": DEFAULTS["prior_strength"],
+    "kappa": DEFAULTS["kappa1"],
+    "weight_decay": DEFAULTS["weight_decay"],
+    "eps": DEFAULTS["eps"],
+    "init": DEFAULTS["init"],
 }
 
 INITS: Tuple[str, ...] = ("reference", "paper")
@@ -215,6 +232,12 @@ def prior_shape(prior_strength: float, init: str = DEFAULTS["init"]) -> float:
 def posterior_shape(prior_strength: float, init: str = DEFAULTS["init"]) -> float:
     """Shape a = a_0 + 1/2 of both Gamma posteriors after any step (one observation each)."""
     return prior_shape(prior_strength, init) + 0.5
+
+
+def constant_posterior_shape(prior_strength: float, init: str = DEFAULTS["init"]) -> float:
+    """Constant VSGD's shape a = a_0 + 1 after any step: its one precision sees two Gaussian
+    factors per step (``derivations/07_constant_vsgd.md``)."""
+    return prior_shape(prior_strength, init) + 1.0
 
 
 def shape_before_step(step: int, prior_strength: float, init: str = DEFAULTS["init"]) -> float:

@@ -38,7 +38,8 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from vsgd_bayes.torch._foreach import _as_float, increment_steps, step_constants
+from vsgd_bayes.torch._common import as_float, increment_steps
+from vsgd_bayes.torch._foreach import step_constants
 
 __all__ = ["fused_vsgd", "fused_is_available", "cpu_extension_name"]
 
@@ -203,7 +204,7 @@ def fused_vsgd(
     """
     if not params:
         return
-    lr = _as_float(lr)
+    lr = as_float(lr)
     groups: Dict[tuple, List[int]] = defaultdict(list)
     for index, (param, mean) in enumerate(zip(params, gradient_means)):
         groups[(param.device, param.dtype, mean.dtype)].append(index)
