@@ -19,6 +19,7 @@ Usage::
 
     python benchmarks/kalman_identifiability.py [--steps 10000] [--coordinates 60]
         [--seed 0] [--json benchmarks/kalman_identifiability.json]
+        [--ratio-step-scale 2] [--max-ratio-change 1] [--kappa 0.8]
 """
 
 from __future__ import annotations
@@ -54,11 +55,11 @@ def simulate(seed: int, steps: int, per_ratio: int):
     return ratio, drift, noise, true, observed
 
 
-def run_kalman(observed, initial_drift_to_noise):
+def run_kalman(observed, initial_drift_to_noise, **settings):
     state = kalman_rule.init_state(observed[0], initial_drift_to_noise)
 
     def advance(state, gradient):
-        _, state = kalman_rule.posterior_update(gradient, state)
+        _, state = kalman_rule.posterior_update(gradient, state, **settings)
         return state, state.gradient_mean
 
     state, means = jax.lax.scan(advance, state, observed)
@@ -114,14 +115,20 @@ def main(argv=None) -> int:
     parser.add_argument("--coordinates", type=int, default=60, help="per ratio")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
+    defaults = hp.KALMAN_DEFAULTS
+    parser.add_argument("--ratio-step-scale", type=float, default=defaults["ratio_step_scale"])
+    parser.add_argument("--max-ratio-change", type=float, default=defaults["max_ratio_change"])
+    parser.add_argument("--kappa", type=float, default=defaults["kappa"])
     args = parser.parse_args(argv)
+    settings = dict(ratio_step_scale=args.ratio_step_scale,
+                    max_ratio_change=args.max_ratio_change, kappa=args.kappa)
     started = time.perf_counter()
     ratio, drift, noise, true, observed = simulate(args.seed, args.steps, args.coordinates)
     oracle_means, _, _ = kalman_rule.exact_filter(observed, drift, noise)
     oracle_rmse = np.sqrt(np.mean((np.asarray(oracle_means) - np.asarray(true)) ** 2, axis=0))
     oracle_gain, _ = kalman_rule.steady_state_gain(jnp.log(ratio))
 
-    runs = {f"kalman start {s:g}": run_kalman(observed, s) for s in STARTS}
+    runs = {f"kalman start {s:g}": run_kalman(observed, s, **settings) for s in STARTS}
     runs.update({f"vsgd {init}": run_vsgd(observed, init) for init in VSGD_INITS})
     names = list(runs)
     results = {}
