@@ -1,4 +1,5 @@
-"""VSGD and KalmanVSGD under torch.distributed on CPU (gloo, 2 processes): DDP, FSDP2 and distributed checkpoints.
+"""VSGD and KalmanVSGD under torch.distributed on CPU (gloo, 2 processes): DDP, FSDP2 and
+distributed checkpoints.
 
 One start of 2 worker processes (a worker costs ~10 s of imports on a busy
 2-core machine) runs three things, each against a single-process run on the same global batch:
