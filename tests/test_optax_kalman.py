@@ -119,11 +119,33 @@ def test_converges_on_a_parabola():
     loss = lambda p: jnp.sum((p["w"] - 3.0) ** 2)
     optimizer = kalman_vsgd(0.1)
     params = {"w": jnp.zeros(2)}
-    state = optimizer.init(params)
-    for _ in range(300):
-        updates, state = optimizer.update(jax.grad(loss)(params), state, params)
-        params = optax.apply_updates(params, updates)
-    np.testing.assert_allclose(params["w"], 3.0, atol=0.1)
+
+    @jax.jit
+    def run(params):
+        def advance(carry, _):
+            params, state = carry
+            updates, state = optimizer.update(jax.grad(loss)(params), state, params)
+            return (optax.apply_updates(params, updates), state), None
+
+        (params, _), _ = jax.lax.scan(advance, (params, optimizer.init(params)), None, 300)
+        return params
+
+    np.testing.assert_allclose(run(params)["w"], 3.0, atol=0.1)
+
+
+def test_inject_hyperparams_under_jit_equals_fixed_hyperparameters():
+    params = {"w": jnp.ones((4, 3))}
+    fixed = kalman_vsgd(0.05, **SETTINGS)
+    injected = optax.inject_hyperparams(kalman_vsgd)(learning_rate=0.05, **SETTINGS)
+    results = []
+    for optimizer in (fixed, injected):
+        state, current = optimizer.init(params), params
+        update = jax.jit(optimizer.update)
+        for grads in _stream(4, {"w": (4, 3)}, seed=4):
+            updates, state = update(grads, state, current)
+            current = optax.apply_updates(current, updates)
+        results.append(current["w"])
+    np.testing.assert_array_equal(results[0], results[1])
 
 
 @pytest.mark.parametrize("kwargs, message", [
