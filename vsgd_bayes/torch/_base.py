@@ -116,14 +116,17 @@ class VSGDFamilyOptimizer(Optimizer):
 
     # ------------------------------------------------------------------ state
     def _init_group(
-        self, group: dict[str, Any]
-    ) -> tuple[list[Tensor], list[Tensor], list[list[Tensor]], list[Tensor]]:
-        """(params with a gradient, their gradients, one list per state field, step counters);
-        the state of a parameter is created here at its first gradient (lazily)."""
-        params: list[Tensor] = []
-        grads: list[Tensor] = []
-        fields: list[list[Tensor]] = [[] for _ in self.state_fields]
-        steps: list[Tensor] = []
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        fields: list[list[Tensor]],
+        steps: list[Tensor],
+    ) -> None:
+        """Append the parameters with a gradient, their gradients, their state (one list per
+        state field) and step counters; a parameter's state is created here at its first
+        gradient (lazily). The name and the fill-the-lists form are torch.optim's, which
+        ``torch.compile`` recognises (it runs this method eagerly, outside the graph)."""
         for param in group["params"]:
             if param.grad is None:
                 continue
@@ -139,7 +142,6 @@ class VSGDFamilyOptimizer(Optimizer):
             for column, key in zip(fields, self.state_fields):
                 column.append(state[key])
             steps.append(state["step"])
-        return params, grads, fields, steps
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restore (also called by ``load_state_dict``): groups of older state dicts get the
@@ -209,7 +211,11 @@ class VSGDFamilyOptimizer(Optimizer):
                 loss = closure()
         self._check_before_step()
         for group in self.param_groups:
-            params, grads, fields, steps = self._init_group(group)
+            params: list[Tensor] = []
+            grads: list[Tensor] = []
+            fields: list[list[Tensor]] = [[] for _ in self.state_fields]
+            steps: list[Tensor] = []
+            self._init_group(group, params, grads, fields, steps)
             if not params:
                 continue
             flags = {flag: group[flag] for flag in self._flags()}
