@@ -49,13 +49,23 @@ class VSGDFamilyOptimizer(Optimizer):
       maximize)``: one step on the lists in place (state lists in ``state_fields`` order,
       ``steps`` advanced by one), with no validation (done here, before it is called).
 
-    Adding an optimizer ``X``: ``x.py`` with the class (the four declarations and
-    ``__init__``) and its functional entry point, which picks a path with
-    :func:`vsgd_bayes.torch._functional.run_path`; ``_x_single_tensor.py`` (a port of the JAX
-    rule, tested for float64 parity with it); ``_x_foreach.py`` (tested against the
-    single-tensor path); its hyperparameters' defaults and requirements in
-    :mod:`vsgd_bayes.hyperparameters`; a row in ``tests/test_torch_battery.py``, which then
-    runs every generic behaviour (paths, state dicts, hooks, dtypes, errors) on it.
+    Adding an optimizer ``X`` (``ConstantVSGD`` in ``constant.py`` is the pattern):
+
+    1. its defaults (a ``X_DEFAULTS`` dict) in :mod:`vsgd_bayes.hyperparameters`, and for a
+       new hyperparameter name its requirement in ``REQUIREMENTS`` (what
+       ``check_hyperparameter`` enforces);
+    2. ``_x_single_tensor.py``: a port of the JAX rule, one tensor at a time, tested for
+       float64 parity with the rule (``tests/test_torch_parity.py``); ``_x_foreach.py``
+       (and a fused kernel, if any) with the same signature, tested against it;
+    3. ``x.py``: the functional entry point ``x(params, grads, *state_lists, steps, *,
+       foreach, ...)``, which hands ``{"single_tensor": ..., "foreach": ...}`` to
+       :func:`vsgd_bayes.torch._functional.run_path`, and the class: the four declarations
+       above and ``__init__``; methods that read a parameter's posterior use
+       :meth:`_group_of` and :meth:`_stepped_state`;
+    4. a row in ``tests/test_torch_battery.py``, which then runs every generic behaviour
+       (paths, state dicts, hooks, dtypes, errors) on it.
+
+    (VSGD's own entry point ``vsgd`` lives next to ``run_path`` in ``_functional.py``.)
     """
 
     state_fields: ClassVar[dict[str, StateInit]]
