@@ -9,13 +9,12 @@ mu_t = mu_{t-1} + (1 - beta)(g_hat_t - mu_{t-1}) from mu_0 = 0, which is torch A
 
 from __future__ import annotations
 
-import pytest
-import torch
-
 import inspect
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
+import torch
 
 from vsgd_bayes import constant_rule
 from vsgd_bayes import hyperparameters as hp

@@ -13,8 +13,6 @@ import textwrap
 
 import torch
 
-from vsgd_bayes.torch import VSGD
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 #: Hyperparameters that shape the state (prior rates, shape, first step) set away from their

@@ -49,13 +49,23 @@ class VSGDFamilyOptimizer(Optimizer):
       maximize)``: one step on the lists in place (state lists in ``state_fields`` order,
       ``steps`` advanced by one), with no validation (done here, before it is called).
 
-    Adding an optimizer ``X``: ``x.py`` with the class (the four declarations and
-    ``__init__``) and its functional entry point, which picks a path with
-    :func:`vsgd_bayes.torch._functional.run_path`; ``_x_single_tensor.py`` (a port of the JAX
-    rule, tested for float64 parity with it); ``_x_foreach.py`` (tested against the
-    single-tensor path); its hyperparameters' defaults and requirements in
-    :mod:`vsgd_bayes.hyperparameters`; a row in ``tests/test_torch_battery.py``, which then
-    runs every generic behaviour (paths, state dicts, hooks, dtypes, errors) on it.
+    Adding an optimizer ``X`` (``ConstantVSGD`` in ``constant.py`` is the pattern):
+
+    1. its defaults (a ``X_DEFAULTS`` dict) in :mod:`vsgd_bayes.hyperparameters`, and for a
+       new hyperparameter name its requirement in ``REQUIREMENTS`` (what
+       ``check_hyperparameter`` enforces);
+    2. ``_x_single_tensor.py``: a port of the JAX rule, one tensor at a time, tested for
+       float64 parity with the rule (``tests/test_torch_parity.py``); ``_x_foreach.py``
+       (and a fused kernel, if any) with the same signature, tested against it;
+    3. ``x.py``: the functional entry point ``x(params, grads, *state_lists, steps, *,
+       foreach, ...)``, which hands ``{"single_tensor": ..., "foreach": ...}`` to
+       :func:`vsgd_bayes.torch._functional.run_path`, and the class: the four declarations
+       above and ``__init__``; methods that read a parameter's posterior use
+       :meth:`_group_of` and :meth:`_stepped_state`;
+    4. a row in ``tests/test_torch_battery.py``, which then runs every generic behaviour
+       (paths, state dicts, hooks, dtypes, errors) on it.
+
+    (VSGD's own entry point ``vsgd`` lives next to ``run_path`` in ``_functional.py``.)
     """
 
     state_fields: ClassVar[dict[str, StateInit]]
@@ -116,14 +126,17 @@ class VSGDFamilyOptimizer(Optimizer):
 
     # ------------------------------------------------------------------ state
     def _init_group(
-        self, group: dict[str, Any]
-    ) -> tuple[list[Tensor], list[Tensor], list[list[Tensor]], list[Tensor]]:
-        """(params with a gradient, their gradients, one list per state field, step counters);
-        the state of a parameter is created here at its first gradient (lazily)."""
-        params: list[Tensor] = []
-        grads: list[Tensor] = []
-        fields: list[list[Tensor]] = [[] for _ in self.state_fields]
-        steps: list[Tensor] = []
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        fields: list[list[Tensor]],
+        steps: list[Tensor],
+    ) -> None:
+        """Append the parameters with a gradient, their gradients, their state (one list per
+        state field) and step counters; a parameter's state is created here at its first
+        gradient (lazily). The name and the fill-the-lists form are torch.optim's, which
+        ``torch.compile`` recognises (it runs this method eagerly, outside the graph)."""
         for param in group["params"]:
             if param.grad is None:
                 continue
@@ -139,7 +152,6 @@ class VSGDFamilyOptimizer(Optimizer):
             for column, key in zip(fields, self.state_fields):
                 column.append(state[key])
             steps.append(state["step"])
-        return params, grads, fields, steps
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restore (also called by ``load_state_dict``): groups of older state dicts get the
@@ -209,7 +221,11 @@ class VSGDFamilyOptimizer(Optimizer):
                 loss = closure()
         self._check_before_step()
         for group in self.param_groups:
-            params, grads, fields, steps = self._init_group(group)
+            params: list[Tensor] = []
+            grads: list[Tensor] = []
+            fields: list[list[Tensor]] = [[] for _ in self.state_fields]
+            steps: list[Tensor] = []
+            self._init_group(group, params, grads, fields, steps)
             if not params:
                 continue
             flags = {flag: group[flag] for flag in self._flags()}

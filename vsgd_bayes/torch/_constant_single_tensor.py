@@ -115,8 +115,9 @@ def single_tensor_constant_vsgd(
             prior_strength,
             variance_ratio,
         )
-        svi_blend_(rate, rate_target, step_size)
+        svi_blend_(rate, rate_target, step_size)  # [svi-blend]
         gradient_mean.copy_(new_gradient_mean)
+        # [parameter-step], VSGD's
         if param.dtype == dtype:
             parameter_step_(param, gradient_mean, gradient_variance, lr, weight_decay, eps)
         else:  # 16-bit parameters: step a float32 copy, round once

@@ -15,7 +15,8 @@ implement one contract (the signature of
 Defaults (``foreach=None, fused=None``): fused on CUDA when Triton is importable (one kernel
 launch per step instead of a few per operation), otherwise foreach for plain tensors and
 DTensors, otherwise single-tensor. On CPU the fused kernel is never a default: it needs a C++
-compiler at first use. The fast paths are imported lazily, only when used.
+compiler at first use. Under ``torch.compile`` every path flag compiles the single-tensor
+form (see :func:`run_path`). The fast paths are imported lazily, only when used.
 """
 
 from __future__ import annotations
@@ -84,6 +85,13 @@ def run_path(
         raise ValueError("foreach=True and fused=True are mutually exclusive; choose one path")
     tensor_lists = [as_real(local_tensors(list(ts))) for ts in tensor_lists]
     params = tensor_lists[0]
+    if torch.compiler.is_compiling():
+        # Under torch.compile every flag traces the single-tensor form: inductor fuses its
+        # elementwise chain itself, whereas the foreach and fused paths are eager devices
+        # that read each step count as a Python number (a recompilation at every step) or
+        # call an extension that dynamo cannot trace.
+        paths["single_tensor"](*tensor_lists, list(steps), **hyperparameters)
+        return
     if fused is None and foreach is None and "fused" in paths:
         fused = default_fused(params)
     if foreach is None:
