@@ -13,7 +13,7 @@ One process, on one GPU:
 
 The chosen values are printed; the library's defaults are set to them by hand (they are
 ``BLOCK_SIZE`` in ``vsgd_bayes/torch/_foreach.py`` and ``BLOCK``/``NUM_WARPS`` in
-``vsgd_bayes/torch/csrc/vsgd_triton.py``), so that step 4's table is the defaults' table.
+``vsgd_bayes/torch/_triton.py``), so that step 4's table is the defaults' table.
 
 Usage: ``python benchmarks/gpu_tune.py --json tune.json --bench-json gpu.json --bench-png gpu.png``
 """

@@ -1,7 +1,8 @@
 """Step time and transient memory of the VSGD execution paths against torch's Adam.
 
 Paths: VSGD single-tensor / foreach / fused (the functional paths the optimizer dispatches
-to, on shared parameters and state), ``torch.optim.Adam`` (foreach=True and fused=True) and,
+to, on shared parameters and state), Kalman VSGD single-tensor / foreach (its own state),
+``torch.optim.Adam`` (foreach=True and fused=True) and,
 when installed, ``pytorch_optimizer.VSGD`` (third party). Rounds are interleaved in one
 process (round r runs every path once), so a change in the machine's load hits all paths
 alike; we report the minimum and the median per path, and the ratio of minima to fused Adam.
@@ -81,6 +82,15 @@ class Problem:
         self.drifts = [torch.full_like(p, drift) for p in self.params]
         self.noises = [torch.full_like(p, noise) for p in self.params]
         self.steps = [torch.tensor(0.0) for _ in self.params]
+        # Kalman VSGD's state: mu, S, ln(lambda), s (a start with S > 0, s != 0, so that every
+        # operation of a step does real work from the first timed step on).
+        self.kalman_state = [
+            [torch.zeros_like(p) for p in self.params],
+            [torch.full_like(p, 0.01) for p in self.params],
+            [torch.zeros_like(p) for p in self.params],
+            [torch.full_like(p, 0.1) for p in self.params],
+        ]
+        self.kalman_steps = [torch.tensor(0.0) for _ in self.params]
         self.numel = sum(p.numel() for p in self.params)
         self.bytes = sum(p.numel() * p.element_size() for p in self.params)
 
@@ -95,6 +105,26 @@ class Problem:
                 self.drifts,
                 self.noises,
                 self.steps,
+                lr=LR,
+                maximize=False,
+                **hyper,
+            )
+
+        return step
+
+
+    def kalman(self, path) -> Callable[[], None]:
+        hyper = {
+            k: v for k, v in hp.KALMAN_DEFAULTS.items()
+            if k not in ("lr", "initial_drift_to_noise")
+        }
+
+        def step():
+            path(
+                [p.data for p in self.params],
+                [p.grad for p in self.params],
+                *self.kalman_state,
+                self.kalman_steps,
                 lr=LR,
                 maximize=False,
                 **hyper,
@@ -118,6 +148,11 @@ def make_paths(problem: Problem, device: torch.device) -> Dict[str, Callable[[],
     paths["vsgd_foreach"] = problem.vsgd(foreach_vsgd)
     if fused_is_available(device):
         paths["vsgd_fused"] = problem.vsgd(fused_vsgd)
+    from vsgd_bayes.torch._kalman_foreach import foreach_kalman_vsgd
+    from vsgd_bayes.torch._kalman_single_tensor import single_tensor_kalman_vsgd
+
+    paths["kalman_single_tensor"] = problem.kalman(single_tensor_kalman_vsgd)
+    paths["kalman_foreach"] = problem.kalman(foreach_kalman_vsgd)
     try:
         import pytorch_optimizer
 

@@ -2,9 +2,10 @@
 
 * every ``check_*`` function of ``derivations/checks/*.py`` passes (sympy / mpmath algebra, and
   numerical comparisons of the derived formulas with ``vsgd_bayes.rule`` / ``constant_rule``);
-* every equation label cited in the docstrings of ``vsgd_bayes/rule.py`` and
-  ``vsgd_bayes/constant_rule.py`` is defined, once, in ``derivations/*.md``, and every
-  ``(eq:...)`` reference in the notes is defined;
+* every equation label cited in ``vsgd_bayes/rule.py``, ``constant_rule.py`` and the torch
+  paths (single-tensor ports, ``_foreach.py``, the C++ and Triton kernels) is defined, once,
+  in ``derivations/*.md``, and every ``(eq:...)`` reference in the notes is defined; the
+  per-step scalars of the fast paths are named alike in Python, C++ and Triton;
 * every code name, state field and location in the notation table of ``derivations/README.md``
   exists in the package, and the authors' names in it match the loader of the golden data;
 * the numbers quoted in ``05_first_step.md`` are reproduced by its script (a check in
@@ -94,17 +95,84 @@ def test_references_in_the_notes_are_defined():
             assert label in definitions, f"{name} cites (eq:{label}), which no note defines"
 
 
-@pytest.mark.parametrize("module", ["rule.py", "constant_rule.py"])
+#: Each file that cites derivation labels, and the labels it must cite (at least).
+_FAST = {"fast-gain", "fast-mean", "fast-variance", "fast-residuals", "fast-targets"}
+CITING_FILES = {
+    "rule.py": {"local-variance", "local-mean", "global-targets", "svi-blend", "parameter-step"},
+    "constant_rule.py": {"constant-mean", "constant-variance", "constant-target"},
+    "torch/_single_tensor.py": {
+        "local-variance", "local-mean", "global-targets", "svi-blend", "parameter-step"
+    },
+    "torch/_constant_single_tensor.py": {
+        "constant-mean", "constant-variance", "constant-target", "svi-blend", "parameter-step"
+    },
+    "torch/_constant_foreach.py": {
+        "constant-mean", "constant-variance", "constant-target", "svi-blend", "parameter-step"
+    },
+    "torch/_foreach.py": _FAST | {"fast-scaled", "svi-blend", "parameter-step"},
+    "torch/csrc/vsgd_cpu.cpp": _FAST | {"svi-blend", "parameter-step"},
+    "torch/_triton.py": _FAST | {"svi-blend", "parameter-step"},
+    "kalman_rule.py": {
+        "kalman-steady-gain", "kalman-innovation", "kalman-ratio-step", "kalman-mean",
+        "kalman-sensitivity", "kalman-innovation-variance", "kalman-variances",
+        "kalman-predict", "kalman-update", "kalman-likelihood", "parameter-step",
+    },
+    "torch/_kalman_single_tensor.py": {
+        "kalman-steady-gain", "kalman-innovation", "kalman-ratio-step", "kalman-mean",
+        "kalman-sensitivity", "kalman-innovation-variance", "kalman-variances",
+        "parameter-step",
+    },
+    "torch/_kalman_foreach.py": {
+        "kalman-steady-gain", "kalman-innovation", "kalman-ratio-score", "kalman-ratio-step",
+        "kalman-mean", "kalman-sensitivity", "kalman-innovation-variance", "kalman-variances",
+        "parameter-step",
+    },
+}
+
+
+@pytest.mark.parametrize("module", list(CITING_FILES))
 def test_labels_cited_by_the_code_exist(module):
     source = (PACKAGE / module).read_text()
     cited = set(re.findall(r"\[([a-z]+(?:-[a-z]+)+)\]", source))
-    expected = {
-        "rule.py": {"local-variance", "local-mean", "global-targets", "svi-blend", "parameter-step"},
-        "constant_rule.py": {"constant-mean", "constant-variance", "constant-target"},
-    }[module]
-    assert expected <= cited  # the parser finds the labels this test was written for
+    assert CITING_FILES[module] <= cited, sorted(CITING_FILES[module] - cited)
     missing = cited - set(_defined_labels())
     assert not missing, f"{module} cites labels no derivation defines: {sorted(missing)}"
+
+
+def test_label_check_reports_an_undefined_label():
+    # check of the check: a made-up label is not among the defined ones
+    assert "fast-made-up" not in _defined_labels()
+    assert "fast-gain" in _defined_labels()
+
+
+def _step_constant_fields():
+    # the NamedTuple's field names, read from the source (importing torch is not needed)
+    source = (PACKAGE / "torch" / "_foreach.py").read_text()
+    body = source.split("class StepConstants(NamedTuple):", 1)[1].split("\n\n\n", 1)[0]
+    return re.findall(r"^    ([a-z_]+): float", body, flags=re.M)
+
+
+def _mirrors(fields, cpp, triton):
+    """Whether the C++ struct, its filling from the flat doubles and the Triton loads name the
+    fields of StepConstants in its order."""
+    struct = cpp.split("struct StepConstants {", 1)[1].split("};", 1)[0]
+    numbered = [(name, str(i)) for i, name in enumerate(fields)]
+    return (
+        re.findall(r"double ([a-z_]+);", struct) == fields
+        and re.findall(r"c\.([a-z_]+) = values\[(\d)\];", cpp) == numbered
+        and re.findall(r"([a-z_]+) = tl\.load\(c \+ (\d)\)", triton) == numbered
+    )
+
+
+def test_step_constants_are_mirrored_by_the_cpp_struct_and_the_triton_loads():
+    fields = _step_constant_fields()
+    assert len(fields) == 7 and fields[0] == "inverse_shape"
+    cpp = (PACKAGE / "torch" / "csrc" / "vsgd_cpu.cpp").read_text()
+    triton = (PACKAGE / "torch" / "_triton.py").read_text()
+    assert _mirrors(fields, cpp, triton)
+    # check of the check: two fields swapped in the Python order are reported
+    swapped = [fields[1], fields[0], *fields[2:]]
+    assert not _mirrors(swapped, cpp, triton)
 
 
 def test_derivation_files_named_in_the_package_exist():
@@ -159,9 +227,13 @@ def test_notation_code_names_exist_in_the_package():
 
 
 def test_notation_state_fields_are_state_fields():
-    from vsgd_bayes import constant_rule, rule
+    from vsgd_bayes import constant_rule, kalman_rule, rule
 
-    fields = set(rule.VSGDState._fields) | set(constant_rule.ConstantVSGDState._fields)
+    fields = (
+        set(rule.VSGDState._fields)
+        | set(constant_rule.ConstantVSGDState._fields)
+        | set(kalman_rule.KalmanVSGDState._fields)
+    )
     listed = {name for row in _notation_rows() for name in _names(row["state"])}
     assert listed == fields  # every field documented, nothing else
 

@@ -1,4 +1,5 @@
-"""VSGD under torch.distributed on CPU (gloo, 2 processes): DDP, FSDP2 and distributed checkpoints.
+"""VSGD and KalmanVSGD under torch.distributed on CPU (gloo, 2 processes): DDP, FSDP2 and
+distributed checkpoints.
 
 One start of 2 worker processes (a worker costs ~10 s of imports on a busy
 2-core machine) runs three things, each against a single-process run on the same global batch:
@@ -21,12 +22,16 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from vsgd_bayes.torch import VSGD
+from vsgd_bayes.torch import VSGD, KalmanVSGD
 
 WORLD_SIZE = 2
 STEPS = 6
 CHECKPOINT_AFTER = 3
-OPTIONS = dict(lr=0.05, weight_decay=0.01, prior_strength=1e-6)
+#: Each optimizer under test with its options (looked up by name in the worker processes).
+OPTIMIZERS = {
+    "VSGD": (VSGD, dict(lr=0.05, weight_decay=0.01, prior_strength=1e-6)),
+    "KalmanVSGD": (KalmanVSGD, dict(lr=0.05, weight_decay=0.01, initial_drift_to_noise=0.1)),
+}
 
 #: float64 throughout. DDP/FSDP2 average two half-batch gradients where one process averages
 #: the whole batch: the gradients differ by float64 rounding (~1e-16 relative); VSGD's steps
@@ -67,7 +72,7 @@ def full_parameters(model):
     ]
 
 
-def worker(rank: int, port: int, checkpoint_dir: str, results: str) -> None:
+def worker(rank: int, port: int, checkpoint_dir: str, results: str, name: str) -> None:
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -76,13 +81,14 @@ def worker(rank: int, port: int, checkpoint_dir: str, results: str) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     torch.set_num_threads(1)
+    optimizer_class, options = OPTIMIZERS[name]
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE
     )
     try:
         # 1. DDP
         ddp_model = DistributedDataParallel(make_model())
-        ddp_optimizer = VSGD(ddp_model.parameters(), **OPTIONS)
+        ddp_optimizer = optimizer_class(ddp_model.parameters(), **options)
         train(ddp_model, ddp_optimizer, range(STEPS), rank)
         ddp_params = full_parameters(ddp_model.module)
 
@@ -97,7 +103,7 @@ def worker(rank: int, port: int, checkpoint_dir: str, results: str) -> None:
             return fully_shard(model, mesh=mesh)
 
         fsdp_model = sharded_model()
-        fsdp_optimizer = VSGD(fsdp_model.parameters(), **OPTIONS)
+        fsdp_optimizer = optimizer_class(fsdp_model.parameters(), **options)
         train(fsdp_model, fsdp_optimizer, range(CHECKPOINT_AFTER), rank)
         model_state, optimizer_state = get_state_dict(fsdp_model, fsdp_optimizer)
         dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=checkpoint_dir)
@@ -109,7 +115,8 @@ def worker(rank: int, port: int, checkpoint_dir: str, results: str) -> None:
 
         # 3. load the checkpoint into a fresh sharded model and optimizer, continue
         restored_model = sharded_model()
-        restored_optimizer = VSGD(restored_model.parameters())  # groups come from the checkpoint
+        # the groups' hyperparameters come from the checkpoint
+        restored_optimizer = optimizer_class(restored_model.parameters())
         model_state, optimizer_state = get_state_dict(restored_model, restored_optimizer)
         loaded = {"model": model_state, "optimizer": optimizer_state}
         dcp.load(loaded, checkpoint_id=checkpoint_dir)
@@ -152,7 +159,8 @@ def assert_relative_close(actual, expected, what):
 
 
 @pytest.mark.slow
-def test_ddp_and_fsdp2_match_one_process_and_dcp_checkpoints_resume_exactly(tmp_path):
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_ddp_and_fsdp2_match_one_process_and_dcp_checkpoints_resume_exactly(tmp_path, name):
     results = tmp_path / "results.pt"
     # forkserver: one clean server process (no JAX threads inherited, unlike fork) imports
     # torch once and forks both workers: ~20 s here instead of ~30 s with spawn.
@@ -161,15 +169,16 @@ def test_ddp_and_fsdp2_match_one_process_and_dcp_checkpoints_resume_exactly(tmp_
     )
     mp.start_processes(
         worker,
-        args=(free_port(), str(tmp_path / "checkpoint"), str(results)),
+        args=(free_port(), str(tmp_path / "checkpoint"), str(results), name),
         nprocs=WORLD_SIZE,
         join=True,
         start_method="forkserver",
     )
     outcome = torch.load(results, weights_only=True)
 
+    optimizer_class, options = OPTIMIZERS[name]
     model = make_model()
-    optimizer = VSGD(model.parameters(), **OPTIONS)
+    optimizer = optimizer_class(model.parameters(), **options)
     train(model, optimizer, range(STEPS))
     single = full_parameters(model)
     assert not torch.equal(single[0], make_model()[0].weight)  # training did move the weights
@@ -180,5 +189,5 @@ def test_ddp_and_fsdp2_match_one_process_and_dcp_checkpoints_resume_exactly(tmp_
         # the same sharded arithmetic on the same state: bitwise
         assert torch.equal(outcome["restored"][i], outcome["fsdp"][i]), f"DCP resume, param {i}"
     assert outcome["state_is_sharded"]
-    assert outcome["restored_lr"] == OPTIONS["lr"]
+    assert outcome["restored_lr"] == options["lr"]
     assert outcome["restored_steps"] == [float(STEPS)]

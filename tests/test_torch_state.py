@@ -13,8 +13,6 @@ import textwrap
 
 import torch
 
-from vsgd_bayes.torch import VSGD
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 #: Hyperparameters that shape the state (prior rates, shape, first step) set away from their
@@ -117,21 +115,3 @@ def test_state_dict_round_trip_in_a_fresh_process_is_bitwise(tmp_path):
                 assert loaded.dtype == value.dtype, (job[:3], index, key)  # bf16: float32 state
                 assert torch.equal(loaded, value), (job[:3], index, key)
         assert continued["optimizer"]["param_groups"] == optimizer.state_dict()["param_groups"]
-
-
-def test_loading_keeps_float32_state_for_16_bit_parameters():
-    # torch.optim.Optimizer.load_state_dict would cast state to the parameter dtype; float16
-    # would flush the prior rate gamma = 1e-8 to zero.
-    param = torch.nn.Parameter(torch.ones(3, dtype=torch.float16))
-    optimizer = VSGD([param])
-    param.grad = torch.zeros(3, dtype=torch.float16)  # rates stay near gamma ~ 1e-8
-    optimizer.step()
-    saved = optimizer.state_dict()
-    fresh = VSGD([param])
-    fresh.load_state_dict(saved)
-    for key in ("gradient_mean", "drift_rate", "noise_rate"):
-        assert fresh.state[param][key].dtype == torch.float32
-        assert torch.equal(fresh.state[param][key], optimizer.state[param][key])
-    assert fresh.state[param]["drift_rate"].min() > 0
-    # the loaded state is a copy, not shared with the saved dict
-    assert fresh.state[param]["drift_rate"].data_ptr() != saved["state"][0]["drift_rate"].data_ptr()

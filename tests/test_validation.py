@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import pytest
 
 from vsgd_bayes import hyperparameters as hp
-from vsgd_bayes import rule, validation
+from vsgd_bayes import kalman_validation, rule, validation
 from vsgd_bayes.apps import validate
 from vsgd_bayes.elbo import one_step_elbo, one_step_elbo_terms
 
@@ -19,6 +19,9 @@ def test_cli_passes_and_writes_json(tmp_path, capsys):
     for check in checks:
         assert {"name", "cases", "worst_error", "tolerance", "passed"} <= set(check)
         assert check["passed"] is True and check["cases"] >= 50
+    kalman_checks = json.loads(path.read_text())["kalman_checks"]
+    assert [c["name"] for c in kalman_checks] == list(kalman_validation.CHECKS)
+    assert all(check["passed"] is True for check in kalman_checks)
     assert "all checks passed" in capsys.readouterr().out
 
 

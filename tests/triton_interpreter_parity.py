@@ -29,6 +29,8 @@ os.environ["TRITON_INTERPRET"] = "1"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, sys.argv[1])  # Triton, installed apart from the environment
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
+# this checkout's package, not whichever one the environment has installed
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 import torch  # noqa: E402
@@ -38,6 +40,7 @@ jax.config.update("jax_enable_x64", True)  # as the suite's conftest does
 import test_torch_fast_paths as parity  # noqa: E402
 
 from vsgd_bayes.torch import _fused  # noqa: E402
+from vsgd_bayes.torch._foreach import StepConstants  # noqa: E402
 
 
 class TritonOnCPU:
@@ -49,8 +52,9 @@ class TritonOnCPU:
 
     def vsgd_step(self, params, grads, means, drifts, noises, flat_constants, lr, decay,
                   eps, maximize):
-        # One tuple per tensor; tensors at one step share an equal tuple (uniform constants).
-        constants = [tuple(flat_constants[7 * i: 7 * i + 7]) for i in range(len(params))]
+        # One StepConstants per tensor; tensors at one step share equal ones (uniform).
+        n = len(StepConstants._fields)
+        constants = [StepConstants(*flat_constants[n * i: n * i + n]) for i in range(len(params))]
         decay = decay * (1.0 + self.decay_error)
         self.kernel.vsgd_step(params, grads, means, drifts, noises, constants, lr, decay,
                               eps, maximize)

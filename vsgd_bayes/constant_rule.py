@@ -65,12 +65,14 @@ def momentum(variance_ratio):
     return variance_ratio / (1.0 + variance_ratio)
 
 
-def posterior_shape(prior_strength, init: str = hp.DEFAULTS["init"]):
+def posterior_shape(prior_strength, init: str = hp.CONSTANT_DEFAULTS["init"]):
     """a = a_0 + 1: the shared precision sees two Gaussian factors per step."""
-    return hp.prior_shape(prior_strength, init) + 1.0
+    return hp.constant_posterior_shape(prior_strength, init)
 
 
-def init_state(params, prior_strength=hp.DEFAULTS["prior_strength"]) -> ConstantVSGDState:
+def init_state(
+    params, prior_strength=hp.CONSTANT_DEFAULTS["prior_strength"]
+) -> ConstantVSGDState:
     """mu_0 = 0 and b_0 = gamma (the prior rate)."""
     dtype = state_dtype(params.dtype)
     return ConstantVSGDState(
@@ -106,15 +108,18 @@ def step(
     gradient,
     state: ConstantVSGDState,
     *,
-    lr=hp.DEFAULTS["lr"],
-    variance_ratio=hp.DEFAULTS["variance_ratio"],
-    prior_strength=hp.DEFAULTS["prior_strength"],
-    kappa=hp.DEFAULTS["kappa1"],
-    weight_decay=hp.DEFAULTS["weight_decay"],
-    eps=hp.DEFAULTS["eps"],
-    init: str = hp.DEFAULTS["init"],
+    lr=hp.CONSTANT_DEFAULTS["lr"],
+    variance_ratio=hp.CONSTANT_DEFAULTS["variance_ratio"],
+    prior_strength=hp.CONSTANT_DEFAULTS["prior_strength"],
+    kappa=hp.CONSTANT_DEFAULTS["kappa"],
+    weight_decay=hp.CONSTANT_DEFAULTS["weight_decay"],
+    eps=hp.CONSTANT_DEFAULTS["eps"],
+    init: str = hp.CONSTANT_DEFAULTS["init"],
 ) -> Tuple[jax.Array, ConstantVSGDState]:
-    """One Constant VSGD step on one array (hyperparameters are not validated here)."""
+    """One Constant VSGD step on one array (hyperparameters are not validated here).
+
+    Defaults: :data:`vsgd_bayes.hyperparameters.CONSTANT_DEFAULTS` (K_g = 9, momentum 0.9).
+    """
     dtype = state.gradient_mean.dtype
     gradient = gradient.astype(dtype)
     step_count = state.step + 1

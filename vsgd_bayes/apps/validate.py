@@ -1,4 +1,5 @@
-"""``vsgd-bayes validate``: run the checks of :mod:`vsgd_bayes.validation` and print a table.
+"""``vsgd-bayes validate``: run the checks of :mod:`vsgd_bayes.validation` (VSGD) and of
+:mod:`vsgd_bayes.kalman_validation` (Kalman VSGD) and print one table for each.
 
 Usage::
 
@@ -11,6 +12,7 @@ import argparse
 import json
 import time
 
+from vsgd_bayes import kalman_validation
 from vsgd_bayes.validation import format_table, run_checks
 
 __all__ = ["main"]
@@ -20,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``vsgd-bayes validate``: print the table, return 0 iff all checks pass."""
     parser = argparse.ArgumentParser(
         prog="vsgd-bayes validate",
-        description="Check VSGD's closed-form updates against the one-step ELBO (float64).",
+        description="Check VSGD's closed-form updates against the one-step ELBO and Kalman "
+        "VSGD's filter and estimator against exact references (float64).",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--cases", type=int, default=50, help="cases per check (default 50)")
@@ -32,15 +35,28 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"argument --seed: must be >= 0, got {args.seed}")
     started = time.perf_counter()
     results = run_checks(args.seed, args.cases)
-    elapsed = time.perf_counter() - started
+    print("VSGD: closed-form updates against the one-step ELBO")
     print(format_table(results))
     for r in results:
         print(f"  {r.name}: {r.detail}")
-    passed = all(r.passed for r in results)
+    kalman_results = kalman_validation.run_checks(args.seed, args.cases)
+    elapsed = time.perf_counter() - started
+    print("Kalman VSGD: filter, sensitivities and online estimates against exact references")
+    print(format_table(kalman_results))
+    for r in kalman_results:
+        print(f"  {r.name}: {r.detail}")
+    passed = all(r.passed for r in results + kalman_results)
     print(f"{'all checks passed' if passed else 'SOME CHECKS FAILED'} ({elapsed:.1f} s)")
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"checks": [r.as_dict() for r in results]}, handle, indent=2)
+            json.dump(
+                {
+                    "checks": [r.as_dict() for r in results],
+                    "kalman_checks": [r.as_dict() for r in kalman_results],
+                },
+                handle,
+                indent=2,
+            )
     return 0 if passed else 1
 
 

@@ -1,4 +1,4 @@
-"""PyTorch front end of VSGD: the optimizers ``VSGD`` and ``ConstantVSGD``.
+"""PyTorch front end of VSGD: the optimizers ``VSGD``, ``ConstantVSGD`` and ``KalmanVSGD``.
 
 This subpackage imports torch but never JAX. The update is the one of :mod:`vsgd_bayes.rule`
 (ported line by line in ``_single_tensor.py``, tested for float64 parity with it), with
@@ -16,6 +16,7 @@ Example:
 
 from vsgd_bayes.torch._functional import vsgd
 from vsgd_bayes.torch.constant import ConstantVSGD
+from vsgd_bayes.torch.kalman import KalmanVSGD
 from vsgd_bayes.torch.vsgd import VSGD, GradientPosterior, state_dtype
 
-__all__ = ["VSGD", "ConstantVSGD", "GradientPosterior", "state_dtype", "vsgd"]
+__all__ = ["VSGD", "ConstantVSGD", "KalmanVSGD", "GradientPosterior", "state_dtype", "vsgd"]

@@ -2,9 +2,9 @@ r"""The multi-tensor ("foreach") VSGD path: pure PyTorch, nothing compiled.
 
 One call steps a whole list of parameters with eager PyTorch operations (``torch._foreach_*``
 on lists of tensors, plain ones on single cache-sized blocks on CPU) on the single-pass
-algebraic form of the VSGD update (derived in ``derivations/``; the reference is
-:func:`vsgd_bayes.rule.step`). With the gain k, the innovation e and the shape a before the
-step,
+algebraic form of the VSGD update (derived in ``derivations/09_fast_paths.md``, whose labels
+the code cites in brackets; the reference is :func:`vsgd_bayes.rule.step`). With the gain k,
+the innovation e and the shape a before the step,
 
 .. math::
 
@@ -18,7 +18,8 @@ step,
         - \eta\,\frac{\mu_t}{\sqrt{\mu_t^2 + \sigma_t^2} + \epsilon},
 
 which is the closed-form update of :mod:`vsgd_bayes.rule` rewritten so that every quantity is
-read once: mu_t - mu_{t-1} = k e and mu_t - g_hat_t = -(1 - k) e.
+read once: mu_t - mu_{t-1} = k e and mu_t - g_hat_t = -(1 - k) e [fast-residuals]; the
+operations work with the scaled variance S = a sigma_t^2 = k b_ghat [fast-scaled].
 
 Memory and speed: every tensor is processed as flat views split into blocks of at most
 :data:`BLOCK_SIZE` elements, and the blocks are gathered into batches of about that many
@@ -42,38 +43,49 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Dict, List, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from vsgd_bayes import hyperparameters as hp
+from vsgd_bayes.torch._common import as_float, increment_steps
 
-__all__ = ["foreach_vsgd", "BLOCK_SIZE", "STEP_CONSTANT_NAMES", "step_constants"]
+__all__ = [
+    "foreach_vsgd", "BLOCK_SIZE", "StepConstants", "STEP_CONSTANT_NAMES", "step_constants"
+]
 
 #: Elements per block and per batch of blocks. On CPU, 2^18 float32 values are 1 MiB per
 #: buffer: the 8 buffers a batch touches (5 inputs/states + 3 scratch) stay in the last-level
 #: cache between the 17 passes of a step, and a batch is large enough that the fixed cost of
-#: an operation (a few microseconds) is small against its arithmetic (measured on the
-#: project's 2-core AMD EPYC, 1 and 2 threads: 2^17 and 2^19 were 5-10% slower, 2^16 and
-#: 2^20 20-60% slower). On CUDA the foreach launches, not the cache, set the cost: fewer,
-#: larger batches are faster (a ResNet-18 step is bound by host-side launch work), and the
-#: three scratch rows bound the transient memory to 3 x 2^23 x 4 bytes = 96 MiB whatever
-#: the model's size (``benchmarks/gpu_tune.py`` on an H100: 2^23 against 2^22 was 11.0x
-#: against 12.2x fused Adam on ResNet-18 shapes and 7.6x against 9.1x on 4 x 4096^2).
+#: an operation (a few microseconds) is small against its arithmetic. On CUDA the foreach
+#: launches, not the cache, set the cost: fewer, larger batches are faster, and the three
+#: scratch rows bound the transient memory to 3 x 2^23 x 4 bytes = 96 MiB whatever the
+#: model's size. Both values were chosen by measurement (``benchmarks/README.md``, "Constants
+#: of the fast paths").
 BLOCK_SIZE = {"cpu": 1 << 18, "cuda": 1 << 23}
 _DEFAULT_BLOCK_SIZE = 1 << 22
 
-#: Per-tensor constants of one step, in the order :func:`step_constants` returns them.
-STEP_CONSTANT_NAMES = (
-    "inverse_shape",  # 1 / a, a the shape before the step
-    "drift_keep",  # 1 - rho_1
-    "drift_prior",  # rho_1 * b_{0,g}, the prior rate gamma (hp.prior_rates)
-    "drift_half_step",  # rho_1 / 2
-    "noise_keep",  # 1 - rho_2
-    "noise_prior",  # rho_2 * b_{0,ghat}, the prior rate K_g gamma
-    "noise_half_step",  # rho_2 / 2
-)
+class StepConstants(NamedTuple):
+    """The per-tensor scalars of one step (functions of the tensor's step count t), float64.
+
+    Mirrored field for field, in this order, by ``struct StepConstants`` of
+    ``csrc/vsgd_cpu.cpp`` and by the loads of the Triton kernel (``_triton.py``);
+    ``tests/test_derivations.py`` checks both against ``StepConstants._fields``.
+    """
+
+    inverse_shape: float  # 1 / a, a the shape before the step [fast-variance]
+    drift_keep: float  # 1 - rho_1 [svi-blend]
+    drift_prior: float  # rho_1 b_{0,g}, the prior rate gamma (hp.prior_rates)
+    drift_half_step: float  # rho_1 / 2, the weight of (sigma^2 + (k e)^2) [fast-targets]
+    noise_keep: float  # 1 - rho_2
+    noise_prior: float  # rho_2 b_{0,ghat}, the prior rate K_g gamma
+    noise_half_step: float  # rho_2 / 2, the weight of (sigma^2 + ((1 - k) e)^2)
+
+
+#: Field names of :class:`StepConstants`, in order.
+STEP_CONSTANT_NAMES = StepConstants._fields
 
 
 def step_constants(
@@ -84,53 +96,30 @@ def step_constants(
     kappa1: float,
     kappa2: float,
     init: str,
-) -> Tuple[float, ...]:
-    """The scalars of step ``step`` (counted from 1), in Python float64.
-
-    Returns:
-        The values named by :data:`STEP_CONSTANT_NAMES`.
-    """
+) -> StepConstants:
+    """The per-tensor scalars of step ``step`` (counted from 1), in Python float64."""
     shape = hp.shape_before_step(step, prior_strength, init)
     drift_prior_rate, noise_prior_rate = hp.prior_rates(prior_strength, variance_ratio, init)
     drift_step_size, noise_step_size = hp.step_sizes(float(step), kappa1, kappa2)
-    return (
-        1.0 / shape,
-        1.0 - drift_step_size,
-        drift_step_size * drift_prior_rate,
-        0.5 * drift_step_size,
-        1.0 - noise_step_size,
-        noise_step_size * noise_prior_rate,
-        0.5 * noise_step_size,
+    return StepConstants(
+        inverse_shape=1.0 / shape,
+        drift_keep=1.0 - drift_step_size,
+        drift_prior=drift_step_size * drift_prior_rate,
+        drift_half_step=0.5 * drift_step_size,
+        noise_keep=1.0 - noise_step_size,
+        noise_prior=noise_step_size * noise_prior_rate,
+        noise_half_step=0.5 * noise_step_size,
     )
-
-
-_ONE = torch.tensor(1.0)
-
-
-def increment_steps(steps: List[Tensor]) -> None:
-    """``t <- t + 1`` for every step counter (0-dim CPU tensors), in one foreach call.
-
-    The counters live on the CPU, where a foreach op is a loop over tensors: a 0-dim tensor
-    operand with ``alpha`` is wrapped once, a Python number once per tensor (measured: 39
-    against 139 microseconds for 62 counters).
-    """
-    torch._foreach_add_(steps, _ONE, alpha=1.0)
-
-
-def _as_float(value: Union[float, Tensor]) -> float:
-    # A tensor learning rate (e.g. driven by a scheduler) is read once per step; on an
-    # accelerator this synchronises, which the foreach path accepts (it is not capturable).
-    return float(value.item()) if isinstance(value, Tensor) else float(value)
 
 
 def _is_flat_viewable(tensors: Sequence[Tensor]) -> bool:
     return all(t.is_contiguous() for t in tensors)
 
 
-_Slot = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]  # (theta, g_hat, mu, b_g, b_ghat)
+_Slot = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]  # (theta, g_hat, mu, b_g, b_ghat)
 
 
-def _batches(slots: List[_Slot], block_size: int) -> List[List[_Slot]]:
+def _batches(slots: list[_Slot], block_size: int) -> list[list[_Slot]]:
     """Cuts every (theta, g, mu, b_g, b_ghat) into flat blocks and gathers them in batches.
 
     Blocks of one batch add up to at most ``block_size`` elements, so the scratch of a batch
@@ -138,8 +127,8 @@ def _batches(slots: List[_Slot], block_size: int) -> List[List[_Slot]]:
     flat (non-contiguous) form a batch of their own (the rows are then as long as the
     largest of them).
     """
-    batches: List[List[_Slot]] = []
-    current: List[_Slot] = []
+    batches: list[list[_Slot]] = []
+    current: list[_Slot] = []
     filled = 0
     for slot in slots:
         if not _is_flat_viewable(slot):
@@ -204,10 +193,10 @@ def _affine_(a, scale: float, shift: Tensor) -> None:
 
 
 def _step_batch(
-    batch: List[_Slot],
+    batch: list[_Slot],
     scratch: Tensor,
-    constants: Tuple[float, ...],
-    priors: Tuple[Tensor, Tensor],
+    constants: StepConstants,
+    priors: tuple[Tensor, Tensor],
     *,
     lr: float,
     weight_decay: float,
@@ -218,22 +207,21 @@ def _step_batch(
 
     Seventeen elementwise passes (one or two more with weight decay or 16-bit parameters,
     and in foreach form four copies into the scratch rows): four that create k, e and
-    sigma^2, three for mu, three for each rate and four for theta. Ternary operations
-    (addcmul, addcdiv) replace pairs of binary ones; scalar factors such as 1/a and sqrt(a)
-    are folded into the operations' scalars. Measured on the project's 2-core CPU: an
-    in-cache pass costs ~0.15 ns per element, a ternary one ~0.2 ns, sqrt ~0.55 ns (``lerp_``
-    against a constant buffer, which would merge a rate's decay and prior terms, was slower
-    than the mul and add it replaces).
+    S = a sigma^2, three for mu, three for each rate and four for theta [fast-scaled].
+    Ternary operations (addcmul, addcdiv) replace pairs of binary ones; scalar factors such
+    as 1/a and sqrt(a) are folded into the operations' scalars (what each kind of pass costs:
+    ``benchmarks/README.md``, "Constants of the fast paths").
+
+    ``priors`` holds ``constants.drift_prior`` and ``constants.noise_prior`` as 0-dim CPU
+    tensors. The three rows of ``scratch`` (views of one batch) hold, in turn:
+
+    * row 0, ``gain``: k; then k e = mu_t - mu_{t-1}; for 16-bit parameters, last, theta in
+      the state dtype;
+    * row 1, ``innovation``: e = g_hat - mu_{t-1}; then (1 - k) e = g_hat - mu_t;
+    * row 2, ``variance``: b_g + b_ghat; then S = k b_ghat; then the scaled denominator
+      sqrt(S + a mu_t^2) + sqrt(a) eps.
     """
-    (
-        inverse_shape,
-        drift_keep,
-        _,  # drift_prior: priors[0], as a tensor
-        drift_half_step,
-        noise_keep,
-        _,  # noise_prior: priors[1], as a tensor
-        noise_half_step,
-    ) = constants
+    inverse_shape = constants.inverse_shape
     if len(batch) == 1 and batch[0][2].device.type == "cpu":
         # One block on CPU: plain tensors, whose out-of-place operations write straight into
         # the scratch rows. (On a GPU every batch takes the foreach form: its kernels differ
@@ -256,38 +244,40 @@ def _step_batch(
     shape_a = 1.0 / inverse_shape
     root_shape = math.sqrt(shape_a)
 
-    # k = b_g / (b_g + b_ghat), the sum held in the sigma^2 row until sigma^2 is formed
+    # [fast-gain] k = b_g / (b_g + b_ghat), the sum held in row 2 until S is formed
     _binary("add", drift_rates, noise_rates, out=variance)
     _binary("div", drift_rates, variance, out=gain)
-    # e = g_hat - mu_{t-1}, with g_hat = -grad when maximising (computed in the state dtype)
+    # [fast-gain] e = g_hat - mu_{t-1}, with g_hat = -grad when maximising (state dtype)
     if maximize:
         _binary("add", means, grads, out=innovation)
         _inplace("neg", innovation)
     else:
         _binary("sub", grads, means, out=innovation)
-    # a sigma^2 = k b_ghat (the factor 1/a is folded into the scalars below)
+    # [fast-variance], [fast-scaled] S = a sigma^2 = k b_ghat (1/a goes into the scalars)
     scaled_variance = _binary("mul", gain, noise_rates, out=variance)
-    # from here on `gain` holds k e = mu_t - mu_{t-1}, `innovation` (1 - k) e = g_hat - mu_t
+    # [fast-residuals] from here on row 0 holds k e = mu_t - mu_{t-1}, row 1 (1 - k) e
     step_of_mean = gain
     _inplace("mul", step_of_mean, innovation)
-    _inplace("add", means, step_of_mean)  # mu_t = mu_{t-1} + k e
+    _inplace("add", means, step_of_mean)  # [fast-mean] mu_t = mu_{t-1} + k e
     residual = innovation
     _inplace("sub", residual, step_of_mean)
-    # b_g <- (1 - rho_1) b_g + rho_1 gamma + rho_1/2 (sigma^2 + (mu_t - mu_{t-1})^2)
-    _affine_(drift_rates, drift_keep, priors[0])
-    _inplace("add", drift_rates, scaled_variance, alpha=drift_half_step * inverse_shape)
-    _inplace("addcmul", drift_rates, step_of_mean, step_of_mean, value=drift_half_step)
-    # b_ghat <- (1 - rho_2) b_ghat + rho_2 K_g gamma + rho_2/2 (sigma^2 + (g_hat - mu_t)^2)
-    _affine_(noise_rates, noise_keep, priors[1])
-    _inplace("add", noise_rates, scaled_variance, alpha=noise_half_step * inverse_shape)
-    _inplace("addcmul", noise_rates, residual, residual, value=noise_half_step)
-    # sqrt(a) (sqrt(mu_t^2 + sigma^2) + eps) = sqrt(a sigma^2 + a mu_t^2) + sqrt(a) eps
+    # [svi-blend] of [fast-targets], in the form of [fast-scaled]:
+    # b_g <- ((1 - rho_1) b_g + rho_1 gamma) + rho_1/(2a) S + rho_1/2 (k e)^2
+    _affine_(drift_rates, constants.drift_keep, priors[0])
+    _inplace("add", drift_rates, scaled_variance, alpha=constants.drift_half_step * inverse_shape)
+    _inplace("addcmul", drift_rates, step_of_mean, step_of_mean, value=constants.drift_half_step)
+    # b_ghat <- ((1 - rho_2) b_ghat + rho_2 K_g gamma) + rho_2/(2a) S + rho_2/2 ((1 - k) e)^2
+    _affine_(noise_rates, constants.noise_keep, priors[1])
+    _inplace("add", noise_rates, scaled_variance, alpha=constants.noise_half_step * inverse_shape)
+    _inplace("addcmul", noise_rates, residual, residual, value=constants.noise_half_step)
+    # [fast-scaled] denominator sqrt(a) (sqrt(mu_t^2 + sigma^2) + eps)
+    # = sqrt(S + a mu_t^2) + sqrt(a) eps, into row 2 (S is no longer needed)
     denominator = scaled_variance
     _inplace("addcmul", denominator, means, means, value=shape_a)
     _inplace("sqrt", denominator)
     _inplace("add", denominator, root_shape * eps)
-    # theta <- theta (1 - eta lambda) - eta mu_t / (sqrt(mu_t^2 + sigma^2) + eps), where
-    # mu_t / (sqrt(mu_t^2 + sigma^2) + eps) = sqrt(a) mu_t / denominator
+    # [parameter-step] theta <- theta (1 - eta lambda) - eta mu_t / (sqrt(mu_t^2 + sigma^2)
+    # + eps), where mu_t / (sqrt(mu_t^2 + sigma^2) + eps) = sqrt(a) mu_t / denominator
     param_dtype = (params if isinstance(params, Tensor) else params[0]).dtype
     if param_dtype == state_dtype:
         weights = params
@@ -302,14 +292,14 @@ def _step_batch(
 
 
 def foreach_vsgd(
-    params: List[Tensor],
-    grads: List[Tensor],
-    gradient_means: List[Tensor],
-    drift_rates: List[Tensor],
-    noise_rates: List[Tensor],
-    steps: List[Tensor],
+    params: list[Tensor],
+    grads: list[Tensor],
+    gradient_means: list[Tensor],
+    drift_rates: list[Tensor],
+    noise_rates: list[Tensor],
+    steps: list[Tensor],
     *,
-    lr: Union[float, Tensor],
+    lr: float | Tensor,
     variance_ratio: float,
     prior_strength: float,
     kappa1: float,
@@ -349,11 +339,11 @@ def foreach_vsgd(
     if not params:
         return
     increment_steps(steps)
-    lr = _as_float(lr)
+    lr = as_float(lr)
 
     # Group by device, state dtype, parameter dtype and step count: within a group every
     # scalar is one Python float and every _foreach list is homogeneous.
-    groups: Dict[tuple, List[_Slot]] = defaultdict(list)
+    groups: dict[tuple, list[_Slot]] = defaultdict(list)
     for param, grad, mean, drift, noise, step in zip(
         params, grads, gradient_means, drift_rates, noise_rates, steps
     ):
@@ -377,9 +367,9 @@ def foreach_vsgd(
         # Three rows (k, e, sigma^2) of one batch each, reused by every batch.
         scratch = torch.empty((3, largest), dtype=state_dtype, device=device)
         # rho_1 gamma and rho_2 K_g gamma as 0-dim CPU tensors (usable with any device)
-        priors = tuple(
-            torch.tensor(constants[STEP_CONSTANT_NAMES.index(name)], dtype=state_dtype)
-            for name in ("drift_prior", "noise_prior")
+        priors = (
+            torch.tensor(constants.drift_prior, dtype=state_dtype),
+            torch.tensor(constants.noise_prior, dtype=state_dtype),
         )
         for batch in batches:
             _step_batch(

@@ -1,113 +1,144 @@
-"""Functional entry point of the torch VSGD optimizer: picks an execution path and runs it.
+"""Functional entry points: pick an execution path and run it.
 
-Three paths implement one contract (the signature of
+:func:`run_path` is shared by every optimizer of the package: it resolves ``foreach``/``fused``
+(``None`` means "the default"), hands DTensor shards over as local tensors and complex tensors
+as real views, and calls the chosen path. :func:`vsgd` is VSGD's entry point; its three paths
+implement one contract (the signature of
 :func:`vsgd_bayes.torch._single_tensor.single_tensor_vsgd`) and are kept numerically equal by
 ``tests/test_torch_parity.py``:
 
 * ``single_tensor``: a line-by-line port of :mod:`vsgd_bayes.rule`, one tensor at a time;
-* ``foreach``: the same arithmetic on lists of tensors with ``torch._foreach_*`` kernels
+* ``foreach``: the same update on lists of tensors with ``torch._foreach_*`` kernels
   (``_foreach.py``);
-* ``fused``: one compiled kernel per (device, dtype) (``_fused.py``).
+* ``fused``: one compiled kernel per (device, dtype) (``_fused.py``: C++ on CPU, Triton on CUDA).
 
-The fast paths are imported lazily, only when they are used: importing this package never
-compiles anything.
+Defaults (``foreach=None, fused=None``): fused on CUDA when Triton is importable (one kernel
+launch per step instead of a few per operation), otherwise foreach for plain tensors and
+DTensors, otherwise single-tensor. On CPU the fused kernel is never a default: it needs a C++
+compiler at first use. Under ``torch.compile`` every path flag compiles the single-tensor
+form (see :func:`run_path`). The fast paths are imported lazily, only when used.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import List, Optional, Union
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from vsgd_bayes.torch._common import as_real, default_foreach, local_tensors
 from vsgd_bayes.torch._single_tensor import single_tensor_vsgd
 
-__all__ = ["vsgd", "default_foreach", "default_fused", "FUSED_BY_DEFAULT"]
-
-#: The hook for the default path. ``fused=None`` selects the fused path only while this is True
-#: (and ``fused_is_available`` holds for every device involved). It stays False until the fused
-#: kernel is known to be safe to pick without being asked for (it needs a C++ compiler at first
-#: use, which a default must not).
-FUSED_BY_DEFAULT = False
+__all__ = ["vsgd", "run_path", "default_foreach", "default_fused", "fused_module"]
 
 
-def _foreach_module():
+def foreach_module() -> ModuleType:
     return importlib.import_module("vsgd_bayes.torch._foreach")
 
 
-def _fused_module():
+def fused_module() -> ModuleType:
     return importlib.import_module("vsgd_bayes.torch._fused")
 
 
-def _has_foreach_path() -> bool:
-    try:
-        _foreach_module()
-    except ImportError:  # the fast-path module is not there (yet): use the single-tensor path
-        return False
-    return True
+def default_fused(params: list[Tensor]) -> bool:
+    """Whether ``fused=None`` (with ``foreach=None``) runs the fused path for ``params``.
 
-
-def _foreach_supported_types():
-    # Plain tensors, Parameters and DTensors (FSDP2 shards) are what the torch._foreach_* ops
-    # accept (subclasses with their own dispatch are not).
-    types = [torch.Tensor, torch.nn.Parameter]
-    try:
-        from torch.distributed.tensor import DTensor
-
-        types.append(DTensor)
-    except ImportError:  # torch built without distributed support
-        pass
-    return tuple(types)
-
-
-def default_foreach(params: List[Tensor]) -> bool:
-    """Whether ``foreach=None`` runs the foreach path for these parameters.
-
-    It does when every parameter is a plain tensor or a DTensor (any device, CPU included:
-    the foreach kernels have a generic implementation there), we are not TorchScript-scripting,
-    and the foreach module is present.
+    Only on CUDA, when every parameter is there and Triton is importable (the fused kernel
+    then needs nothing else); never on CPU, where it would need a C++ compiler.
     """
-    if torch.jit.is_scripting():
+    if not params or torch.jit.is_scripting():
         return False
-    supported = _foreach_supported_types()
-    return all(type(p) in supported for p in params) and _has_foreach_path()
-
-
-def default_fused(params: List[Tensor]) -> bool:
-    """Whether ``fused=None`` runs the fused path: only when :data:`FUSED_BY_DEFAULT` is set."""
-    if not FUSED_BY_DEFAULT or not params:
+    if any(p.device.type != "cuda" for p in params):
         return False
-    fused_is_available = _fused_module().fused_is_available
-    return all(fused_is_available(p.device) for p in params)
+    fused = fused_module()
+    return all(fused.fused_is_available(device) for device in {p.device for p in params})
 
 
-def _local(tensors: List[Tensor]) -> List[Tensor]:
-    """DTensors (FSDP2 shards, replicated tensors) as their local tensors, which alias them.
+def run_path(
+    paths: dict[str, Callable[..., None]],
+    tensor_lists: list[list[Tensor]],
+    steps: list[Tensor],
+    *,
+    foreach: bool | None,
+    fused: bool | None = None,
+    hyperparameters: dict[str, Any],
+) -> None:
+    """Resolve the path from the flags and run it on the tensor lists (params first).
 
-    VSGD is elementwise and its state is sharded like its parameter, so each rank steps its
-    own shard: no communication is needed, and every path sees plain tensors (a path that
-    flattens its tensors could not flatten an unevenly sharded DTensor).
+    Args:
+        paths: ``{"single_tensor": f, "foreach": f, ["fused": f]}``, each with the signature
+            ``f(*tensor_lists, steps, **hyperparameters)``.
+        tensor_lists: params, grads, then the state lists; DTensors are handed over as local
+            tensors and complex tensors as real views.
+        steps: the step counters (0-dim float32 CPU tensors), advanced by the path.
+        foreach, fused: the flags; None picks the default (module docstring).
+        hyperparameters: keyword arguments of the path.
+
+    Raises:
+        ValueError: ``foreach=True`` together with ``fused=True``.
+        RuntimeError: ``fused=True`` on a device where the fused kernel is not available.
     """
-    return [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
+    if foreach and fused:
+        raise ValueError("foreach=True and fused=True are mutually exclusive; choose one path")
+    tensor_lists = [as_real(local_tensors(list(ts))) for ts in tensor_lists]
+    params = tensor_lists[0]
+    if torch.compiler.is_compiling():
+        # Under torch.compile every flag traces the single-tensor form: inductor fuses its
+        # elementwise chain itself, whereas the foreach and fused paths are eager devices
+        # that read each step count as a Python number (a recompilation at every step) or
+        # call an extension that dynamo cannot trace.
+        paths["single_tensor"](*tensor_lists, list(steps), **hyperparameters)
+        return
+    if fused is None and foreach is None and "fused" in paths:
+        fused = default_fused(params)
+    if foreach is None:
+        foreach = not fused and default_foreach(params)
+    if fused:
+        if "fused" not in paths:
+            raise ValueError("fused=True: this optimizer has no fused path")
+        module = fused_module()
+        for device in {t.device for t in params}:
+            if not module.fused_is_available(device):
+                raise RuntimeError(
+                    f"fused=True: the fused kernel is not available on {device}"
+                )
+        path = paths["fused"]
+    elif foreach:
+        path = paths["foreach"]
+    else:
+        path = paths["single_tensor"]
+    path(*tensor_lists, list(steps), **hyperparameters)
 
 
-def _as_real(tensors: List[Tensor]) -> List[Tensor]:
-    """Complex tensors as real views (..., 2): independent real and imaginary coordinates."""
-    return [torch.view_as_real(t) if torch.is_complex(t) else t for t in tensors]
+def _foreach_vsgd(*args: Any, **kwargs: Any) -> None:
+    foreach_module().foreach_vsgd(*args, **kwargs)
+
+
+def _fused_vsgd(*args: Any, **kwargs: Any) -> None:
+    fused_module().fused_vsgd(*args, **kwargs)
+
+
+_VSGD_PATHS = {
+    "single_tensor": single_tensor_vsgd,
+    "foreach": _foreach_vsgd,
+    "fused": _fused_vsgd,
+}
 
 
 def vsgd(
-    params: List[Tensor],
-    grads: List[Tensor],
-    gradient_means: List[Tensor],
-    drift_rates: List[Tensor],
-    noise_rates: List[Tensor],
-    steps: List[Tensor],
+    params: list[Tensor],
+    grads: list[Tensor],
+    gradient_means: list[Tensor],
+    drift_rates: list[Tensor],
+    noise_rates: list[Tensor],
+    steps: list[Tensor],
     *,
-    foreach: Optional[bool] = None,
-    fused: Optional[bool] = None,
-    lr: Union[float, Tensor],
+    foreach: bool | None = None,
+    fused: bool | None = None,
+    lr: float | Tensor,
     variance_ratio: float,
     prior_strength: float,
     kappa1: float,
@@ -119,50 +150,24 @@ def vsgd(
 ) -> None:
     """Functional VSGD: one step on every parameter of the lists, in place.
 
-    See :class:`vsgd_bayes.torch.VSGD` for the algorithm and the arguments. Complex tensors
-    (parameters, gradients, state) are viewed as real here, so every path sees real tensors.
-    ``foreach=None``/``fused=None`` pick the fastest path that needs no compiler (foreach when
-    available, else single-tensor; fused only through :data:`FUSED_BY_DEFAULT`).
-
-    Raises:
-        ValueError: ``foreach=True`` together with ``fused=True``.
-        RuntimeError: ``fused=True`` on a device where the fused kernel is not available.
+    See :class:`vsgd_bayes.torch.VSGD` for the algorithm and the arguments, and
+    :func:`run_path` for the choice of path and the errors.
     """
-    if foreach and fused:
-        raise ValueError("foreach=True and fused=True are mutually exclusive; choose one path")
-    params, grads = _local(params), _local(grads)
-    gradient_means, drift_rates, noise_rates = (
-        _local(gradient_means), _local(drift_rates), _local(noise_rates)
+    run_path(
+        _VSGD_PATHS,
+        [params, grads, gradient_means, drift_rates, noise_rates],
+        steps,
+        foreach=foreach,
+        fused=fused,
+        hyperparameters=dict(
+            lr=lr,
+            variance_ratio=variance_ratio,
+            prior_strength=prior_strength,
+            kappa1=kappa1,
+            kappa2=kappa2,
+            weight_decay=weight_decay,
+            eps=eps,
+            init=init,
+            maximize=maximize,
+        ),
     )
-    if fused is None and foreach is None:
-        fused = default_fused(params)
-    if foreach is None:
-        foreach = not fused and default_foreach(params)
-
-    tensors = [
-        _as_real(list(ts)) for ts in (params, grads, gradient_means, drift_rates, noise_rates)
-    ]
-    hyperparameters = dict(
-        lr=lr,
-        variance_ratio=variance_ratio,
-        prior_strength=prior_strength,
-        kappa1=kappa1,
-        kappa2=kappa2,
-        weight_decay=weight_decay,
-        eps=eps,
-        init=init,
-        maximize=maximize,
-    )
-    if fused:
-        fused_module = _fused_module()
-        for device in {t.device for t in tensors[0]}:
-            if not fused_module.fused_is_available(device):
-                raise RuntimeError(
-                    f"fused=True: the fused VSGD kernel is not available on {device}"
-                )
-        path = fused_module.fused_vsgd
-    elif foreach:
-        path = _foreach_module().foreach_vsgd
-    else:
-        path = single_tensor_vsgd
-    path(*tensors, list(steps), **hyperparameters)

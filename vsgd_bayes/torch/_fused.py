@@ -11,8 +11,9 @@ tensor's step count) come from :func:`vsgd_bayes.torch._foreach.step_constants`.
   inner loop), built once with ``torch.utils.cpp_extension.load`` for the host's instruction
   set (``torch.backends.cpu.get_cpu_capability()``) and cached by torch in
   ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions/<python>_cpu/``) under the
-  name ``vsgd_fused_cpu_<isa>``; later processes load it in well under a second.
-* CUDA: a Triton kernel launched once per step for all tensors of one dtype pair: a table
+  name ``vsgd_fused_cpu_<isa>_<source hash>``; later processes load it in well under a second.
+* CUDA: a Triton kernel (:mod:`vsgd_bayes.torch._triton`, imported at first use) launched
+  once per step for all tensors of one dtype pair: a table
   of addresses and sizes, cached on the device while the tensors stay where they are, and
   the step's scalars (float64, uploaded each step); each program steps one block of one
   tensor.
@@ -28,17 +29,18 @@ References:
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import os
 import pathlib
-import sys
 import warnings
 from collections import defaultdict
-from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from vsgd_bayes.torch._foreach import _as_float, increment_steps, step_constants
+from vsgd_bayes.torch._common import as_float, increment_steps
+from vsgd_bayes.torch._foreach import step_constants
 
 __all__ = ["fused_vsgd", "fused_is_available", "cpu_extension_name"]
 
@@ -55,14 +57,18 @@ _ISA_FLAGS = {
 }
 
 _cpu_module = None
-_cpu_error: Optional[str] = None
+_cpu_error: str | None = None
 _cpu_tried = False
 
 
 def cpu_extension_name() -> str:
-    """Name of the cached CPU extension: ``vsgd_fused_cpu_<isa>`` (e.g. ``..._avx2``)."""
+    """Name of the cached CPU extension: ``vsgd_fused_cpu_<isa>_<source hash>`` (e.g.
+    ``..._avx2_1a2b3c4d``). The first 8 hex digits of the source's SHA-256 keep builds of
+    different versions of the kernel apart in torch's cache (two checkouts, or an upgrade,
+    load their own build instead of rebuilding over each other's)."""
     isa = torch.backends.cpu.get_cpu_capability()
-    return f"vsgd_fused_cpu_{isa.lower()}"
+    digest = hashlib.sha256((_CSRC / "vsgd_cpu.cpp").read_bytes()).hexdigest()[:8]
+    return f"vsgd_fused_cpu_{isa.lower()}_{digest}"
 
 
 def _load_cpu_module():
@@ -96,38 +102,29 @@ def _load_cpu_module():
     return _cpu_module
 
 
-_triton = None
-
-
 def _triton_module():
-    """The Triton kernel module ``csrc/vsgd_triton.py`` (imported once; needs Triton)."""
-    global _triton
-    if _triton is None:
-        import importlib.util
+    """The Triton kernel module :mod:`vsgd_bayes.torch._triton` (imported at first use: it
+    imports Triton, which only the CUDA path needs)."""
+    return importlib.import_module("vsgd_bayes.torch._triton")
 
-        spec = importlib.util.spec_from_file_location(
-            "vsgd_bayes.torch._vsgd_triton", _CSRC / "vsgd_triton.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # Triton's JIT looks its functions up by module
-        try:
-            spec.loader.exec_module(module)
-        except Exception:
-            del sys.modules[spec.name]
-            raise
-        _triton = module
-    return _triton
+
+_triton_importable: bool | None = None
 
 
 def _triton_available() -> bool:
-    try:
-        _triton_module()
-    except Exception:
-        return False
-    return True
+    """Whether the Triton kernel module imports (tried once per process: ``fused=None`` asks
+    at every step on CUDA)."""
+    global _triton_importable
+    if _triton_importable is None:
+        try:
+            _triton_module()
+            _triton_importable = True
+        except Exception:  # no Triton, or one that cannot build for this machine
+            _triton_importable = False
+    return _triton_importable
 
 
-def fused_is_available(device: Union[torch.device, str]) -> bool:
+def fused_is_available(device: torch.device | str) -> bool:
     """Whether :func:`fused_vsgd` can run on ``device``.
 
     On CPU this builds the extension the first time (a one-off of tens of seconds; cached on
@@ -164,14 +161,14 @@ def _check_dtypes(param_dtype: torch.dtype, state_dtype: torch.dtype) -> None:
 
 
 def fused_vsgd(
-    params: List[Tensor],
-    grads: List[Tensor],
-    gradient_means: List[Tensor],
-    drift_rates: List[Tensor],
-    noise_rates: List[Tensor],
-    steps: List[Tensor],
+    params: list[Tensor],
+    grads: list[Tensor],
+    gradient_means: list[Tensor],
+    drift_rates: list[Tensor],
+    noise_rates: list[Tensor],
+    steps: list[Tensor],
     *,
-    lr: Union[float, Tensor],
+    lr: float | Tensor,
     variance_ratio: float,
     prior_strength: float,
     kappa1: float,
@@ -203,8 +200,8 @@ def fused_vsgd(
     """
     if not params:
         return
-    lr = _as_float(lr)
-    groups: Dict[tuple, List[int]] = defaultdict(list)
+    lr = as_float(lr)
+    groups: dict[tuple, list[int]] = defaultdict(list)
     for index, (param, mean) in enumerate(zip(params, gradient_means)):
         groups[(param.device, param.dtype, mean.dtype)].append(index)
     for device, param_dtype, state_dtype in groups:
@@ -215,7 +212,7 @@ def fused_vsgd(
     # One tuple of constants per distinct step count, shared by the tensors at that step
     # (the Triton host code recognises a uniform step by this sharing).
     next_steps = [step.item() + 1.0 for step in steps]
-    constants_of_step: Dict[float, Tuple[float, ...]] = {}
+    constants_of_step: dict[float, tuple[float, ...]] = {}
     for step in next_steps:
         if step not in constants_of_step:
             constants_of_step[step] = step_constants(

@@ -18,7 +18,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, List, Tuple, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,7 +30,7 @@ __all__ = ["single_tensor_vsgd", "step_scalars"]
 
 def step_scalars(
     step_t: Tensor, prior_strength: float, kappa1: float, kappa2: float, init: str, dtype
-) -> Tuple[Any, Any, Any]:
+) -> tuple[Any, Any, Any]:
     """(shape a, rho_{t,1}, rho_{t,2}) for the step count held in ``step_t`` (already advanced).
 
     Eagerly these are Python floats (float64); under ``torch.compile`` they are 0-dim tensors of
@@ -52,7 +52,7 @@ def step_scalars(
 
 def local_update(
     gradient_mean_prev: Tensor, drift_rate: Tensor, noise_rate: Tensor, gradient: Tensor, shape
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """(mu_t, sigma_t^2): ``vsgd_bayes.rule.local_update`` [local-mean], [local-variance]."""
     drift_precision = shape / drift_rate
     noise_precision = shape / noise_rate
@@ -71,7 +71,7 @@ def global_targets(
     prior_strength: float,
     variance_ratio: float,
     init: str,
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """(b'_g, b'_ghat): ``vsgd_bayes.rule.global_targets`` [global-targets]."""
     drift_prior_rate, noise_prior_rate = hp.prior_rates(prior_strength, variance_ratio, init)
     drift_rate_target = (
@@ -97,25 +97,26 @@ def parameter_step_(
     param: Tensor,
     gradient_mean: Tensor,
     gradient_variance: Tensor,
-    lr: Union[float, Tensor],
+    lr: float | Tensor,
     weight_decay: float,
     eps: float,
 ) -> None:
-    """In place theta <- theta (1 - eta lambda) - eta mu / (sqrt(mu^2 + sigma^2) + eps)."""
+    """In place theta <- theta (1 - eta lambda) - eta mu / (sqrt(mu^2 + sigma^2) + eps)
+    [parameter-step]."""
     if weight_decay != 0.0:  # multiplying by exactly 1.0 would change nothing
         param.mul_(1.0 - lr * weight_decay)
     param.sub_(normalized_direction(gradient_mean, gradient_variance, eps).mul_(lr))
 
 
 def single_tensor_vsgd(
-    params: List[Tensor],
-    grads: List[Tensor],
-    gradient_means: List[Tensor],
-    drift_rates: List[Tensor],
-    noise_rates: List[Tensor],
-    steps: List[Tensor],
+    params: list[Tensor],
+    grads: list[Tensor],
+    gradient_means: list[Tensor],
+    drift_rates: list[Tensor],
+    noise_rates: list[Tensor],
+    steps: list[Tensor],
     *,
-    lr: Union[float, Tensor],
+    lr: float | Tensor,
     variance_ratio: float,
     prior_strength: float,
     kappa1: float,

@@ -23,175 +23,47 @@ Relations to Adam, SGD with momentum, AdamNC and AMSGrad (derived; tested in
   time-varying beta_{2,t} = 1 - t^(-kappa) -> 1, the AdamNC / AMSGrad-style schedule
   (Reddi, Kale & Kumar 2018) under which such averages converge.
 
-Default ``variance_ratio = 9``: Constant VSGD's momentum is fixed at K_g / (1 + K_g) (unlike
-VSGD, whose momentum b_ghat / (b_g + b_ghat) adapts), so the default is the value whose
-momentum is Adam's and SGD-momentum's well-tried beta_1 = 0.9; VSGD's prior ratio 30 would
-freeze a heavier 0.968.
+Default ``variance_ratio = 9`` (:data:`vsgd_bayes.hyperparameters.CONSTANT_DEFAULTS`, shared
+with :func:`vsgd_bayes.constant_rule.step`): Constant VSGD's momentum is fixed at
+K_g / (1 + K_g) (unlike VSGD, whose momentum b_ghat / (b_g + b_ghat) adapts), so the default
+is the value whose momentum is Adam's and SGD-momentum's well-tried beta_1 = 0.9; VSGD's
+prior ratio 30 would freeze a heavier 0.968.
+
+Paths: ``_constant_single_tensor.py`` (a port of the rule) and ``_constant_foreach.py``, picked
+by :func:`vsgd_bayes.torch._functional.run_path`; there is no fused kernel.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from typing import Any, Callable, Dict, Iterable, List, Optional, Union
+from collections.abc import Iterable
+from typing import Any
 
-import torch
 from torch import Tensor
 
 from vsgd_bayes import hyperparameters as hp
-from vsgd_bayes.torch._foreach import increment_steps
-from vsgd_bayes.torch._functional import _as_real, _local, default_foreach
-from vsgd_bayes.torch._single_tensor import parameter_step_, svi_blend_
-from vsgd_bayes.torch.vsgd import (
-    _check_flag,
-    _filled_like,
-    _PromotedStateOptimizer,
-    state_dtype,
-)
+from vsgd_bayes.torch._base import VSGDFamilyOptimizer
+from vsgd_bayes.torch._common import filled_like
+from vsgd_bayes.torch._constant_foreach import foreach_constant_vsgd
+from vsgd_bayes.torch._constant_single_tensor import single_tensor_constant_vsgd
+from vsgd_bayes.torch._functional import run_path
 
 __all__ = ["ConstantVSGD", "constant_vsgd", "DEFAULT_VARIANCE_RATIO"]
 
 #: K_g = 9 <-> momentum beta = K_g / (1 + K_g) = 0.9, Adam's default beta_1 (see module doc).
-DEFAULT_VARIANCE_RATIO = 9.0
+DEFAULT_VARIANCE_RATIO = hp.CONSTANT_DEFAULTS["variance_ratio"]
 
-_VALIDATED = ("lr", "variance_ratio", "prior_strength", "weight_decay", "eps", "init")
-
-
-def _validate_group(group: Dict[str, Any]) -> None:
-    hp.validate_hyperparameters(**{name: group[name] for name in _VALIDATED})
-    hp.check_hyperparameter("kappa", group["kappa"])
-    _check_flag("maximize", group["maximize"], allow_none=False)
-    _check_flag("foreach", group["foreach"], allow_none=True)
-
-
-def posterior_shape(prior_strength: float, init: str) -> float:
-    """a = a_0 + 1: the shared precision sees two Gaussian factors per step."""
-    return hp.prior_shape(prior_strength, init) + 1.0
-
-
-def _step_scalars(step_t: Tensor, prior_strength: float, kappa: float, init: str, dtype):
-    # (shape a, rho_t = t^-kappa); Python float64 eagerly, 0-dim tensors under torch.compile.
-    if torch.compiler.is_compiling():
-        step = step_t.to(dtype)
-        shape = torch.where(
-            step <= 1,
-            torch.scalar_tensor(hp.prior_shape(prior_strength, init), dtype=dtype),
-            torch.scalar_tensor(posterior_shape(prior_strength, init), dtype=dtype),
-        )
-    else:
-        step = step_t.item()
-        shape = (
-            hp.prior_shape(prior_strength, init)
-            if step <= 1
-            else posterior_shape(prior_strength, init)
-        )
-    return shape, step ** (-kappa)
-
-
-def _single_tensor_constant_vsgd(
-    params, grads, gradient_means, rates, steps, *, lr, variance_ratio, prior_strength, kappa,
-    weight_decay, eps, init, maximize,
-) -> None:
-    gain = 1.0 / (1.0 + variance_ratio)  # k = 1 / (1 + K_g)
-    precision_factor = 1.0 + 1.0 / variance_ratio
-    for param, grad, gradient_mean, rate, step_t in zip(
-        params, grads, gradient_means, rates, steps
-    ):
-        dtype = gradient_mean.dtype
-        step_t += 1
-        shape, step_size = _step_scalars(step_t, prior_strength, kappa, init, dtype)
-        gradient = grad.to(dtype)
-        if maximize:
-            gradient = -gradient
-        gradient_mean_prev = gradient_mean.clone()
-        # [constant-mean], [constant-variance]: precision E[w] (1 + 1/K_g), gain k.
-        gradient_variance = (shape / rate).mul_(precision_factor).reciprocal_()
-        new_gradient_mean = gradient_mean_prev + (gradient - gradient_mean_prev).mul_(gain)
-        # [constant-target]: gamma + drift residual / 2 + noise residual / (2 K_g).
-        drift_residual = (new_gradient_mean - gradient_mean_prev).square_().add_(gradient_variance)
-        noise_residual = (new_gradient_mean - gradient).square_().add_(gradient_variance)
-        rate_target = drift_residual.mul_(0.5).add_(prior_strength).add_(
-            noise_residual.mul_(0.5).div_(variance_ratio)
-        )
-        svi_blend_(rate, rate_target, step_size)
-        gradient_mean.copy_(new_gradient_mean)
-        if param.dtype == dtype:
-            parameter_step_(param, gradient_mean, gradient_variance, lr, weight_decay, eps)
-        else:
-            param_in_state_dtype = param.to(dtype)
-            parameter_step_(
-                param_in_state_dtype, gradient_mean, gradient_variance, lr, weight_decay, eps
-            )
-            param.copy_(param_in_state_dtype)
-
-
-def _foreach_constant_vsgd(
-    params, grads, gradient_means, rates, steps, *, lr, variance_ratio, prior_strength, kappa,
-    weight_decay, eps, init, maximize,
-) -> None:
-    # The single-tensor arithmetic, operation for operation, on lists grouped by
-    # (device, state dtype, parameter dtype) with torch._foreach_* kernels.
-    groups = defaultdict(lambda: [[] for _ in range(5)])
-    for tensors in zip(params, grads, gradient_means, rates, steps):
-        key = (tensors[0].device, tensors[2].dtype, tensors[0].dtype)
-        for column, tensor in zip(groups[key], tensors):
-            column.append(tensor)
-    gain = 1.0 / (1.0 + variance_ratio)
-    precision_factor = 1.0 + 1.0 / variance_ratio
-    for (_, dtype, param_dtype), (ps, gs, means, rts, sts) in groups.items():
-        increment_steps(sts)
-        scalars = [_step_scalars(s, prior_strength, kappa, init, dtype) for s in sts]
-        shapes = [shape for shape, _ in scalars]
-        step_sizes = [step_size for _, step_size in scalars]
-        gradients = [g.to(dtype) for g in gs]
-        if maximize:
-            gradients = torch._foreach_neg(gradients)
-        means_prev = torch._foreach_mul(means, 1.0)  # a copy of mu_{t-1}
-        variances = torch._foreach_reciprocal(rts)
-        torch._foreach_mul_(variances, shapes)
-        torch._foreach_mul_(variances, precision_factor)
-        torch._foreach_reciprocal_(variances)
-        innovations = torch._foreach_sub(gradients, means_prev)
-        torch._foreach_mul_(innovations, gain)
-        new_means = torch._foreach_add(means_prev, innovations)
-        drift_residuals = torch._foreach_sub(new_means, means_prev)
-        torch._foreach_mul_(drift_residuals, drift_residuals)
-        torch._foreach_add_(drift_residuals, variances)
-        noise_residuals = torch._foreach_sub(new_means, gradients)
-        torch._foreach_mul_(noise_residuals, noise_residuals)
-        torch._foreach_add_(noise_residuals, variances)
-        torch._foreach_mul_(drift_residuals, 0.5)
-        torch._foreach_add_(drift_residuals, prior_strength)
-        torch._foreach_mul_(noise_residuals, 0.5)
-        torch._foreach_div_(noise_residuals, variance_ratio)
-        targets = torch._foreach_add(drift_residuals, noise_residuals)
-        torch._foreach_mul_(rts, [1.0 - r for r in step_sizes])
-        torch._foreach_mul_(targets, step_sizes)
-        torch._foreach_add_(rts, targets)
-        torch._foreach_copy_(means, new_means)
-        # parameter step: theta (1 - eta lambda) - eta mu / (sqrt(mu^2 + sigma^2) + eps)
-        denominators = torch._foreach_mul(means, means)
-        torch._foreach_add_(denominators, variances)
-        torch._foreach_sqrt_(denominators)
-        torch._foreach_add_(denominators, eps)
-        directions = torch._foreach_div(means, denominators)
-        torch._foreach_mul_(directions, lr)
-        work = ps if param_dtype == dtype else [p.to(dtype) for p in ps]
-        if weight_decay != 0.0:
-            torch._foreach_mul_(work, 1.0 - lr * weight_decay)
-        torch._foreach_sub_(work, directions)
-        if work is not ps:
-            torch._foreach_copy_(ps, work)
+_PATHS = {"single_tensor": single_tensor_constant_vsgd, "foreach": foreach_constant_vsgd}
 
 
 def constant_vsgd(
-    params: List[Tensor],
-    grads: List[Tensor],
-    gradient_means: List[Tensor],
-    rates: List[Tensor],
-    steps: List[Tensor],
+    params: list[Tensor],
+    grads: list[Tensor],
+    gradient_means: list[Tensor],
+    rates: list[Tensor],
+    steps: list[Tensor],
     *,
-    foreach: Optional[bool] = None,
-    lr: Union[float, Tensor],
+    foreach: bool | None = None,
+    lr: float | Tensor,
     variance_ratio: float,
     prior_strength: float,
     kappa: float,
@@ -205,28 +77,25 @@ def constant_vsgd(
     Complex tensors are viewed as real; ``foreach=None`` uses the foreach path when every
     parameter is a plain tensor or DTensor (see :class:`ConstantVSGD` for the arguments).
     """
-    if foreach is None:
-        foreach = default_foreach(params) if not torch.jit.is_scripting() else False
-    params, grads, gradient_means, rates = (
-        _local(params), _local(grads), _local(gradient_means), _local(rates)
-    )
-    tensors = [_as_real(list(ts)) for ts in (params, grads, gradient_means, rates)]
-    path = _foreach_constant_vsgd if foreach else _single_tensor_constant_vsgd
-    path(
-        *tensors,
-        list(steps),
-        lr=lr,
-        variance_ratio=variance_ratio,
-        prior_strength=prior_strength,
-        kappa=kappa,
-        weight_decay=weight_decay,
-        eps=eps,
-        init=init,
-        maximize=maximize,
+    run_path(
+        _PATHS,
+        [params, grads, gradient_means, rates],
+        steps,
+        foreach=foreach,
+        hyperparameters=dict(
+            lr=lr,
+            variance_ratio=variance_ratio,
+            prior_strength=prior_strength,
+            kappa=kappa,
+            weight_decay=weight_decay,
+            eps=eps,
+            init=init,
+            maximize=maximize,
+        ),
     )
 
 
-class ConstantVSGD(_PromotedStateOptimizer):
+class ConstantVSGD(VSGDFamilyOptimizer):
     r"""Constant VSGD: VSGD with one precision per coordinate and a fixed variance ratio K_g.
 
     The mini-batch noise precision is tied to the drift precision, w_ghat = w / K_g, so the
@@ -262,6 +131,12 @@ class ConstantVSGD(_PromotedStateOptimizer):
         maximize: maximise instead. Default False.
         foreach: use the ``torch._foreach`` path; None picks it when possible.
 
+    Raises:
+        ValueError: an invalid hyperparameter (named, with its value), at construction, at
+            ``add_param_group`` and at every step (before anything is modified).
+        TypeError: a non-bool ``maximize``/``foreach``.
+        RuntimeError: at a step, a sparse gradient (nothing is modified).
+
     Example:
         >>> import torch
         >>> from vsgd_bayes.torch import ConstantVSGD
@@ -278,21 +153,32 @@ class ConstantVSGD(_PromotedStateOptimizer):
         of Adam and Beyond", ICLR 2018 (AMSGrad, AdamNC).
     """
 
-    _validate_group = staticmethod(_validate_group)
+    state_fields = {
+        "gradient_mean": lambda param, group, dtype: filled_like(param, 0.0, dtype),
+        # b_0 = gamma, the prior rate of the one precision w
+        "rate": lambda param, group, dtype: filled_like(
+            param, float(group["prior_strength"]), dtype
+        ),
+    }
+    hyperparameters = (
+        "lr", "variance_ratio", "prior_strength", "kappa", "weight_decay", "eps", "init"
+    )
+    paths = ("single_tensor", "foreach")
+    functional = staticmethod(constant_vsgd)
 
     def __init__(
         self,
-        params: Iterable[Union[Tensor, Dict[str, Any]]],
-        lr: Union[float, Tensor] = hp.DEFAULTS["lr"],
+        params: Iterable[Tensor | dict[str, Any]],
+        lr: float | Tensor = hp.CONSTANT_DEFAULTS["lr"],
         *,
-        variance_ratio: float = DEFAULT_VARIANCE_RATIO,
-        prior_strength: float = hp.DEFAULTS["prior_strength"],
-        kappa: float = hp.DEFAULTS["kappa1"],
-        weight_decay: float = hp.DEFAULTS["weight_decay"],
-        eps: float = hp.DEFAULTS["eps"],
-        init: str = hp.DEFAULTS["init"],
+        variance_ratio: float = hp.CONSTANT_DEFAULTS["variance_ratio"],
+        prior_strength: float = hp.CONSTANT_DEFAULTS["prior_strength"],
+        kappa: float = hp.CONSTANT_DEFAULTS["kappa"],
+        weight_decay: float = hp.CONSTANT_DEFAULTS["weight_decay"],
+        eps: float = hp.CONSTANT_DEFAULTS["eps"],
+        init: str = hp.CONSTANT_DEFAULTS["init"],
         maximize: bool = False,
-        foreach: Optional[bool] = None,
+        foreach: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -305,59 +191,4 @@ class ConstantVSGD(_PromotedStateOptimizer):
             maximize=maximize,
             foreach=foreach,
         )
-        _validate_group(defaults)
         super().__init__(params, defaults)
-
-    @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
-        """Take one Constant VSGD step on every parameter that has a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group_index, group in enumerate(self.param_groups):  # check all before any change
-            _validate_group(group)
-            for param_index, param in enumerate(group["params"]):
-                if param.grad is not None and param.grad.is_sparse:
-                    raise TypeError(
-                        f"ConstantVSGD does not support sparse gradients: parameter "
-                        f"{param_index} of param group {group_index} has layout "
-                        f"{param.grad.layout}"
-                    )
-        for group in self.param_groups:
-            params, grads, gradient_means, rates, steps = [], [], [], [], []
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                state = self.state[param]
-                if len(state) == 0:
-                    dtype = state_dtype(param.dtype)
-                    state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                    state["gradient_mean"] = torch.zeros_like(
-                        param, dtype=dtype, memory_format=torch.preserve_format
-                    )
-                    state["rate"] = _filled_like(param, float(group["prior_strength"]), dtype)
-                params.append(param)
-                grads.append(param.grad)
-                gradient_means.append(state["gradient_mean"])
-                rates.append(state["rate"])
-                steps.append(state["step"])
-            if not params:
-                continue
-            constant_vsgd(
-                params,
-                grads,
-                gradient_means,
-                rates,
-                steps,
-                foreach=group["foreach"],
-                lr=group["lr"],
-                variance_ratio=group["variance_ratio"],
-                prior_strength=group["prior_strength"],
-                kappa=group["kappa"],
-                weight_decay=group["weight_decay"],
-                eps=group["eps"],
-                init=group["init"],
-                maximize=group["maximize"],
-            )
-        return loss

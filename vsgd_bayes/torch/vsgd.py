@@ -8,39 +8,18 @@ per-parameter state holds ``step`` (t), ``gradient_mean`` (mu), ``drift_rate`` (
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Union
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from vsgd_bayes import hyperparameters as hp
-from vsgd_bayes.torch._functional import _fused_module, vsgd
+from vsgd_bayes.torch._base import VSGDFamilyOptimizer
+from vsgd_bayes.torch._common import filled_like, state_dtype
+from vsgd_bayes.torch._functional import vsgd
 
 __all__ = ["VSGD", "GradientPosterior", "state_dtype"]
-
-#: Hyperparameters of a VSGD param group that :func:`validate_hyperparameters` checks.
-_VALIDATED = (
-    "lr", "variance_ratio", "prior_strength", "kappa1", "kappa2", "weight_decay", "eps", "init"
-)
-
-
-def state_dtype(param_dtype: torch.dtype) -> torch.dtype:
-    """State and arithmetic dtype: the parameter's, but at least float32 (``rule.state_dtype``).
-
-    The prior rates gamma ~ 1e-8 must not be rounded to 16-bit floats (float16 flushes them to
-    zero, making the first step 0/0). Complex parameters keep a complex state of at least
-    complex64 (its real and imaginary parts are independent coordinates).
-    """
-    return torch.promote_types(param_dtype, torch.float32)
-
-
-def _filled_like(param: Tensor, value: float, dtype: torch.dtype) -> Tensor:
-    """A state tensor like ``param`` filled with ``value``; for a complex parameter both the
-    real and the imaginary coordinates get ``value`` (they are independent coordinates)."""
-    tensor = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
-    (torch.view_as_real(tensor) if tensor.is_complex() else tensor).fill_(value)
-    return tensor
 
 
 class GradientPosterior(NamedTuple):
@@ -59,55 +38,16 @@ class GradientPosterior(NamedTuple):
     momentum: Tensor
 
 
-def _check_flag(name: str, value: Any, allow_none: bool) -> None:
-    ok = isinstance(value, bool) or (allow_none and value is None)
-    if not ok:
-        kinds = "a bool or None" if allow_none else "a bool"
-        raise TypeError(f"Invalid {name}: {value!r} (must be {kinds})")
+def _prior_rate(index: int):
+    # b_{0,g} = gamma (index 0) or b_{0,g_hat} = K_g gamma (index 1), from hyperparameters.py
+    def init(param: Tensor, group: dict[str, Any], dtype: torch.dtype) -> Tensor:
+        rates = hp.prior_rates(group["prior_strength"], group["variance_ratio"], group["init"])
+        return filled_like(param, rates[index], dtype)
+
+    return init
 
 
-def _validate_group(group: Dict[str, Any]) -> None:
-    hp.validate_hyperparameters(**{name: group[name] for name in _VALIDATED})
-    _check_flag("maximize", group["maximize"], allow_none=False)
-    _check_flag("foreach", group["foreach"], allow_none=True)
-    _check_flag("fused", group["fused"], allow_none=True)
-    if group["foreach"] and group["fused"]:
-        raise ValueError("foreach=True and fused=True are mutually exclusive; choose one path")
-
-
-class _PromotedStateOptimizer(Optimizer):
-    """What VSGD and ConstantVSGD share as torch optimizers: every param group is validated
-    when it is added, and loaded state stays in promote(param dtype, float32).
-
-    Subclasses set ``_validate_group`` (a function of a group dict that raises on bad values).
-    """
-
-    _validate_group: Callable[[Dict[str, Any]], None]
-
-    def add_param_group(self, param_group: Dict[str, Any]) -> None:
-        """Add a param group after validating its hyperparameters (merged with the defaults)."""
-        merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
-        type(self)._validate_group(merged)
-        super().add_param_group(param_group)
-
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        """Load a state dict, keeping the state in promote(param dtype, float32).
-
-        ``torch.optim.Optimizer.load_state_dict`` casts floating state to the parameter's
-        dtype, which would round the float32 state of 16-bit parameters to 16 bits (and
-        gamma ~ 1e-8 to zero in float16). The saved tensors are re-read here in the state dtype.
-        """
-        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        super().load_state_dict(state_dict)
-        params = [p for g in self.param_groups for p in g["params"]]
-        for saved_id, param in zip(saved_ids, params):
-            dtype = state_dtype(param.dtype)
-            for key, value in state_dict["state"].get(saved_id, {}).items():
-                if key != "step" and torch.is_tensor(value):
-                    self.state[param][key] = value.to(device=param.device, dtype=dtype, copy=True)
-
-
-class VSGD(_PromotedStateOptimizer):
+class VSGD(VSGDFamilyOptimizer):
     r"""Variational Stochastic Gradient Descent (Chen, Kuzina, Esmaeili & Tomczak, 2024).
 
     Each coordinate's mini-batch gradient g_hat_t is treated as a noisy observation of the true
@@ -118,8 +58,8 @@ class VSGD(_PromotedStateOptimizer):
     ratio of noise to drift variance), gamma = ``prior_strength``, kappa_i = ``kappa1``,
     ``kappa2`` (rho_{t,i} = t^(-kappa_i)), lambda = ``weight_decay``, epsilon = ``eps``; a is the
     Gamma shape (a_0 at t = 1, a_0 + 1/2 afterwards; a_0 = gamma for ``init="paper"``,
-    gamma + 5e-5 for ``init="reference"``, the authors' code, with its constants rounded to
-    float32 as there: see :mod:`vsgd_bayes.hyperparameters`).
+    gamma + 5e-5 for ``init="reference"``, the authors' code, whose constants 2a_0, 2 gamma and
+    2 K_g gamma are rounded to float32 as that code does).
 
     .. math::
 
@@ -141,7 +81,13 @@ class VSGD(_PromotedStateOptimizer):
     Args:
         params: iterable of parameters or of param-group dicts (every hyperparameter below may
             be set per group).
-        lr: learning rate eta (float or 0-dim tensor), read at every step. Default 0.1.
+        lr: learning rate eta (float or 0-dim tensor), read at every step. Default 0.1, the
+            authors' code's, kept for fidelity; it is large for many problems. On the
+            package's CPU benchmarks (``benchmarks/tasks_cpu/results.json``) the rates chosen
+            on validation from {0.003, 0.01, 0.03, 0.1} were 0.003 (digits CNN and VAE) and
+            0.03 (character LM); at 0.1 the VAE and the LM diverged. On a noiseless problem
+            lr = 0.1 can overshoot and stay high (``tests/test_torch_vsgd.py``, the toy);
+            start near AdamW's rate, e.g. 0.01.
         variance_ratio: K_g > 0. Default 30.
         prior_strength: gamma > 0. Default 1e-8.
         kappa1, kappa2: exponents in (0.5, 1]. Defaults 0.81, 0.9.
@@ -150,14 +96,16 @@ class VSGD(_PromotedStateOptimizer):
         init: ``"reference"`` (the authors' code, default) or ``"paper"`` (Algorithm 1).
         maximize: maximise the objective instead. Default False.
         foreach: use the ``torch._foreach`` path; None picks it when possible.
-        fused: use the fused kernel; None never picks it unless the fused path is declared safe
-            (``vsgd_bayes.torch._functional.FUSED_BY_DEFAULT``). ``foreach=True`` with
-            ``fused=True`` is a ValueError.
+        fused: use the fused kernel (C++ on CPU, built at first use; Triton on CUDA). With
+            ``foreach=None, fused=None`` the fused path is picked on CUDA when Triton is
+            importable, never on CPU. ``foreach=True`` with ``fused=True`` is a ValueError.
 
     Raises:
         ValueError: an invalid hyperparameter (named, with its value), at construction, at
             ``add_param_group`` and at every step (before anything is modified).
-        TypeError: a sparse gradient, or a non-bool ``maximize``/``foreach``/``fused``.
+        TypeError: a non-bool ``maximize``/``foreach``/``fused``.
+        RuntimeError: at a step, a sparse gradient, or ``fused=True`` on a device without the
+            fused kernel (nothing is modified).
 
     Example:
         >>> import torch
@@ -175,12 +123,22 @@ class VSGD(_PromotedStateOptimizer):
         Neural Networks", arXiv 2404.06549 (2024); TMLR (2025).
     """
 
-    _validate_group = staticmethod(_validate_group)
+    state_fields = {
+        "gradient_mean": lambda param, group, dtype: filled_like(param, 0.0, dtype),
+        "drift_rate": _prior_rate(0),
+        "noise_rate": _prior_rate(1),
+    }
+    hyperparameters = (
+        "lr", "variance_ratio", "prior_strength", "kappa1", "kappa2", "weight_decay", "eps",
+        "init",
+    )
+    paths = ("single_tensor", "foreach", "fused")
+    functional = staticmethod(vsgd)
 
     def __init__(
         self,
-        params: Iterable[Union[Tensor, Dict[str, Any]]],
-        lr: Union[float, Tensor] = hp.DEFAULTS["lr"],
+        params: Iterable[Tensor | dict[str, Any]],
+        lr: float | Tensor = hp.DEFAULTS["lr"],
         *,
         variance_ratio: float = hp.DEFAULTS["variance_ratio"],
         prior_strength: float = hp.DEFAULTS["prior_strength"],
@@ -190,8 +148,8 @@ class VSGD(_PromotedStateOptimizer):
         eps: float = hp.DEFAULTS["eps"],
         init: str = hp.DEFAULTS["init"],
         maximize: bool = False,
-        foreach: Optional[bool] = None,
-        fused: Optional[bool] = None,
+        foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -206,114 +164,7 @@ class VSGD(_PromotedStateOptimizer):
             foreach=foreach,
             fused=fused,
         )
-        _validate_group(defaults)
         super().__init__(params, defaults)
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("maximize", False)
-            group.setdefault("foreach", None)
-            group.setdefault("fused", None)
-
-    def _check_before_step(self) -> None:
-        # Everything that can fail is checked here, before any parameter or state is touched.
-        for group_index, group in enumerate(self.param_groups):
-            _validate_group(group)
-            for param_index, param in enumerate(group["params"]):
-                grad = param.grad
-                if grad is None:
-                    continue
-                if grad.is_sparse:
-                    raise TypeError(
-                        f"VSGD does not support sparse gradients: parameter {param_index} of "
-                        f"param group {group_index} has a gradient with layout {grad.layout}"
-                    )
-                if group["fused"] and not _fused_module().fused_is_available(param.device):
-                    raise RuntimeError(
-                        f"fused=True: the fused VSGD kernel is not available on {param.device}"
-                    )
-
-    def _init_group(
-        self,
-        group: Dict[str, Any],
-        params: List[Tensor],
-        grads: List[Tensor],
-        gradient_means: List[Tensor],
-        drift_rates: List[Tensor],
-        noise_rates: List[Tensor],
-        steps: List[Tensor],
-    ) -> None:
-        """Collect the parameters with a gradient and create their state lazily (step 0)."""
-        for param in group["params"]:
-            if param.grad is None:
-                continue
-            state = self.state[param]
-            if len(state) == 0:
-                dtype = state_dtype(param.dtype)
-                drift_prior_rate, noise_prior_rate = hp.prior_rates(
-                    group["prior_strength"], group["variance_ratio"], group["init"]
-                )
-                # step is a float32 CPU scalar, like torch Adam's: reading it costs no sync.
-                state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                state["gradient_mean"] = torch.zeros_like(
-                    param, dtype=dtype, memory_format=torch.preserve_format
-                )
-                state["drift_rate"] = _filled_like(param, drift_prior_rate, dtype)
-                state["noise_rate"] = _filled_like(param, noise_prior_rate, dtype)
-            params.append(param)
-            grads.append(param.grad)
-            gradient_means.append(state["gradient_mean"])
-            drift_rates.append(state["drift_rate"])
-            noise_rates.append(state["noise_rate"])
-            steps.append(state["step"])
-
-    @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
-        """Take one VSGD step on every parameter that has a gradient.
-
-        Args:
-            closure: optional callable that re-evaluates the model and returns the loss (run
-                with gradients enabled, before the step).
-
-        Returns:
-            The closure's loss, or None.
-        """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self._check_before_step()
-        for group in self.param_groups:
-            params: List[Tensor] = []
-            grads: List[Tensor] = []
-            gradient_means: List[Tensor] = []
-            drift_rates: List[Tensor] = []
-            noise_rates: List[Tensor] = []
-            steps: List[Tensor] = []
-            self._init_group(group, params, grads, gradient_means, drift_rates, noise_rates, steps)
-            if not params:
-                continue
-            vsgd(
-                params,
-                grads,
-                gradient_means,
-                drift_rates,
-                noise_rates,
-                steps,
-                foreach=group["foreach"],
-                fused=group["fused"],
-                lr=group["lr"],
-                variance_ratio=group["variance_ratio"],
-                prior_strength=group["prior_strength"],
-                kappa1=group["kappa1"],
-                kappa2=group["kappa2"],
-                weight_decay=group["weight_decay"],
-                eps=group["eps"],
-                init=group["init"],
-                maximize=group["maximize"],
-            )
-        return loss
 
     @torch.no_grad()
     def gradient_posterior(self, param: Tensor) -> GradientPosterior:
@@ -328,20 +179,8 @@ class VSGD(_PromotedStateOptimizer):
         Raises:
             ValueError: ``param`` is not in this optimizer, or has not been stepped yet.
         """
-        group = next(
-            (g for g in self.param_groups if any(p is param for p in g["params"])), None
-        )
-        if group is None:
-            raise ValueError(
-                f"gradient_posterior: the parameter (shape {tuple(param.shape)}) is not in this "
-                "optimizer's param groups"
-            )
-        state = self.state.get(param, {})
-        if "gradient_mean" not in state or float(state["step"]) < 1:
-            raise ValueError(
-                f"gradient_posterior: the parameter (shape {tuple(param.shape)}) has no VSGD "
-                "state yet: it has not taken a step with a gradient"
-            )
+        group = self._group_of(param, "gradient_posterior")
+        state = self._stepped_state(param, "gradient_posterior")
         shape = hp.posterior_shape(group["prior_strength"], group["init"])
 
         def real(t: Tensor) -> Tensor:

@@ -1,12 +1,16 @@
 // Fused VSGD step on CPU: one pass per element, reading theta, g_hat, mu, b_g, b_ghat and
 // writing theta, mu, b_g, b_ghat. The per-tensor scalars (functions of the step count) are
 // computed in Python by vsgd_bayes.torch._foreach.step_constants, the single place where the
-// schedules live; this file only evaluates the single-pass algebraic form of the update:
+// schedules live; this file only evaluates the single-pass algebraic form of the update
+// (derivations/09_fast_paths.md; its labels are cited in brackets at each group below):
 //
-//   k = b_g / (b_g + b_ghat),  e = g_hat - mu,  mu' = mu + k e,  sigma^2 = k b_ghat / a,
-//   b_g'    = (1 - rho_1) b_g    + rho_1 gamma     + rho_1/2 (sigma^2 + (k e)^2),
-//   b_ghat' = (1 - rho_2) b_ghat + rho_2 K_g gamma + rho_2/2 (sigma^2 + ((1 - k) e)^2),
-//   theta'  = theta (1 - eta lambda) - eta mu' / (sqrt(mu'^2 + sigma^2) + eps).
+//   k = b_g / (b_g + b_ghat),  e = g_hat - mu                            [fast-gain]
+//   mu' = mu + k e                                                       [fast-mean]
+//   sigma^2 = k b_ghat / a                                               [fast-variance]
+//   b_g'    = (1 - rho_1) b_g    + rho_1 gamma     + rho_1/2 (sigma^2 + (k e)^2)
+//   b_ghat' = (1 - rho_2) b_ghat + rho_2 K_g gamma + rho_2/2 (sigma^2 + ((1 - k) e)^2)
+//                                                    [fast-residuals], [fast-targets], [svi-blend]
+//   theta'  = theta (1 - eta lambda) - eta mu' / (sqrt(mu'^2 + sigma^2) + eps) [parameter-step]
 //
 // Arithmetic is in the state dtype (float or double); parameters and gradients may be
 // float, double, bfloat16 or half. The inner loop has no branches and restrict pointers so
@@ -20,11 +24,32 @@
 
 namespace {
 
-// Order of the per-tensor constants, as in _foreach.STEP_CONSTANT_NAMES.
+// The per-tensor scalars of one step: vsgd_bayes.torch._foreach.StepConstants, field for
+// field and in the same order (tests/test_derivations.py checks it). Python passes them as 7
+// doubles per tensor in this order.
 struct StepConstants {
-  double inverse_shape, drift_keep, drift_prior, drift_half_step;
-  double noise_keep, noise_prior, noise_half_step;
+  double inverse_shape;    // 1 / a, a the shape before the step
+  double drift_keep;       // 1 - rho_1
+  double drift_prior;      // rho_1 gamma
+  double drift_half_step;  // rho_1 / 2
+  double noise_keep;       // 1 - rho_2
+  double noise_prior;      // rho_2 K_g gamma
+  double noise_half_step;  // rho_2 / 2
 };
+constexpr size_t kStepConstantCount = sizeof(StepConstants) / sizeof(double);
+static_assert(kStepConstantCount == 7, "StepConstants must hold exactly 7 doubles");
+
+StepConstants step_constants_of(const double* values) {
+  StepConstants c;
+  c.inverse_shape = values[0];
+  c.drift_keep = values[1];
+  c.drift_prior = values[2];
+  c.drift_half_step = values[3];
+  c.noise_keep = values[4];
+  c.noise_prior = values[5];
+  c.noise_half_step = values[6];
+  return c;
+}
 
 template <typename param_t, typename state_t>
 void vsgd_block(param_t* __restrict__ theta, const param_t* __restrict__ grad,
@@ -49,17 +74,23 @@ void vsgd_block(param_t* __restrict__ theta, const param_t* __restrict__ grad,
     const state_t mu = mean[i];
     const state_t b_g = drift_rate[i];
     const state_t b_ghat = noise_rate[i];
+    // [fast-gain] the gain and the innovation
     const state_t gain = b_g / (b_g + b_ghat);
     const state_t innovation = g_hat - mu;
+    // [fast-variance] sigma_t^2
     const state_t variance = gain * b_ghat * inverse_shape;
-    const state_t step_of_mean = gain * innovation;  // mu_t - mu_{t-1}
-    const state_t residual = innovation - step_of_mean;  // g_hat - mu_t
+    // [fast-residuals] mu_t - mu_{t-1} = k e and g_hat - mu_t = (1 - k) e
+    const state_t step_of_mean = gain * innovation;
+    const state_t residual = innovation - step_of_mean;
+    // [fast-mean] mu_t
     const state_t mu_new = mu + step_of_mean;
+    // [svi-blend] of the targets [fast-targets]
     drift_rate[i] = drift_keep * b_g + drift_prior +
                     drift_half_step * (variance + step_of_mean * step_of_mean);
     noise_rate[i] = noise_keep * b_ghat + noise_prior +
                     noise_half_step * (variance + residual * residual);
     mean[i] = mu_new;
+    // [parameter-step] theta (1 - eta lambda) - eta mu_t / (sqrt(mu_t^2 + sigma^2) + eps)
     const state_t denominator = std::sqrt(mu_new * mu_new + variance) + eps_;
     const state_t weight = static_cast<state_t>(theta[i]) * decay_ - lr_ * mu_new / denominator;
     theta[i] = static_cast<param_t>(weight);
@@ -72,8 +103,8 @@ void check(bool ok, const std::string& message) {
 
 }  // namespace
 
-// Steps every tensor of the lists in place. `constants` holds 7 doubles per tensor
-// (StepConstants). Tensors must be contiguous CPU tensors; the state of one dtype
+// Steps every tensor of the lists in place. `constants` holds kStepConstantCount doubles per
+// tensor (StepConstants, in field order). Tensors must be contiguous CPU tensors; the state of one dtype
 // (float or double) for all; gradients of their parameter's dtype.
 void vsgd_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
                std::vector<at::Tensor> means, std::vector<at::Tensor> drift_rates,
@@ -81,7 +112,7 @@ void vsgd_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
                double decay, double eps, bool maximize) {
   const size_t n = params.size();
   check(grads.size() == n && means.size() == n && drift_rates.size() == n &&
-            noise_rates.size() == n && constants.size() == 7 * n,
+            noise_rates.size() == n && constants.size() == kStepConstantCount * n,
         "lists of different lengths");
   const double sign = maximize ? -1.0 : 1.0;
   for (size_t t = 0; t < n; ++t) {
@@ -98,8 +129,7 @@ void vsgd_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
     check(m.scalar_type() == bg.scalar_type() && m.scalar_type() == bn.scalar_type(),
           "state tensors of different dtypes");
     if (numel == 0) continue;
-    const double* k = constants.data() + 7 * t;
-    const StepConstants c{k[0], k[1], k[2], k[3], k[4], k[5], k[6]};
+    const StepConstants c = step_constants_of(constants.data() + kStepConstantCount * t);
     const auto state_type = m.scalar_type();
     check(state_type == at::kFloat || state_type == at::kDouble,
           "state dtype must be float32 or float64");

@@ -1,16 +1,17 @@
 """Fused VSGD step on CUDA as one Triton kernel launch for a list of tensors.
 
-Loaded by :mod:`vsgd_bayes.torch._fused` only when Triton is importable. Two small tables
-travel to the kernel:
+Imported by :mod:`vsgd_bayes.torch._fused` at first use (importing it imports Triton). The
+kernel evaluates the single-pass form of ``derivations/09_fast_paths.md`` (its labels are
+cited in brackets at each group of operations). Two small tables travel to the kernel:
 
 * ``table`` (int64, on the device): the addresses of every parameter and its three state
   tensors, their sizes, and the block -> tensor map. It changes only when parameters or
   state move, so it is built and uploaded once and reused (cached by those addresses).
 * ``step_table`` (uploaded each step): the gradients' addresses (gradients are often new
-  tensors every step) followed by the step's scalars as float64: those of
-  :func:`vsgd_bayes.torch._foreach.step_constants` (7 for the whole list when every tensor
-  has the same step count, the usual case; else 7 per tensor), then lr, 1 - lr*lambda,
-  eps and the gradient sign. The scalars are float64 in memory because Triton passes
+  tensors every step) followed by the step's scalars as float64: the fields of
+  :class:`vsgd_bayes.torch._foreach.StepConstants` in field order (once for the whole list
+  when every tensor has the same step count, the usual case; else once per tensor), then
+  lr, 1 - lr*lambda, eps and the gradient sign. The scalars are float64 in memory because Triton passes
   Python floats as float32, which would round the float64 update.
 
 Each program steps BLOCK elements of one tensor with the single-pass form of the update
@@ -21,16 +22,15 @@ dictionary lookup, one upload of n + 11 (or 8n + 4) words and one launch.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import triton
 import triton.language as tl
 
-#: Elements per program, and warps per program. Tuned on an H100 with
-#: ``benchmarks/gpu_tune.py`` (4 x 4096^2 float32, where the kernel is the limit): 1024/4
-#: and 2048/8 were within noise of each other (1.12x and 1.14x fused Adam), 4096/8 1.37x,
-#: 4096/4 and 8192/8 over 3x.
+#: Elements per program, and warps per program, tuned on an H100 with
+#: ``benchmarks/gpu_tune.py`` (the measurements: ``benchmarks/README.md``, "Constants of the
+#: fast paths").
 BLOCK = 1024
 NUM_WARPS = 4
 
@@ -77,6 +77,9 @@ def _vsgd_kernel(
         drift_ptr = tl.multiple_of(drift_ptr, 16)
         noise_ptr = tl.multiple_of(noise_ptr, 16)
 
+    # The fields of _foreach.StepConstants, loaded in field order from the float64 table
+    # (tests/test_derivations.py checks the names and offsets below against the NamedTuple),
+    # then the per-call scalars lr, 1 - lr lambda, eps and the gradient sign.
     scalars = step_scalars + n_tensors
     if PER_TENSOR:
         c = scalars + 7 * tensor
@@ -104,18 +107,24 @@ def _vsgd_kernel(
     b_ghat = tl.load(noise_ptr + offsets, mask=mask, other=1.0)
     theta = tl.load(theta_ptr + offsets, mask=mask, other=0.0).to(STATE)
 
+    # [fast-gain] the gain and the innovation
     gain = b_g / (b_g + b_ghat)
     innovation = g_hat - mu
+    # [fast-variance] sigma_t^2
     variance = gain * b_ghat * inverse_shape
+    # [fast-residuals] mu_t - mu_{t-1} = k e and g_hat - mu_t = (1 - k) e
     step_of_mean = gain * innovation
     residual = innovation - step_of_mean
+    # [fast-mean] mu_t
     mu_new = mu + step_of_mean
+    # [svi-blend] of the targets [fast-targets]
     b_g_new = drift_keep * b_g + drift_prior + drift_half_step * (
         variance + step_of_mean * step_of_mean
     )
     b_ghat_new = noise_keep * b_ghat + noise_prior + noise_half_step * (
         variance + residual * residual
     )
+    # [parameter-step] theta (1 - eta lambda) - eta mu_t / (sqrt(mu_t^2 + sigma^2) + eps)
     if FLOAT64:
         denominator = tl.sqrt(mu_new * mu_new + variance) + eps
     else:
@@ -129,12 +138,12 @@ def _vsgd_kernel(
 
 
 def vsgd_step(
-    params: List[torch.Tensor],
-    grads: List[torch.Tensor],
-    means: List[torch.Tensor],
-    drift_rates: List[torch.Tensor],
-    noise_rates: List[torch.Tensor],
-    constants: Sequence[Tuple[float, ...]],
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    means: list[torch.Tensor],
+    drift_rates: list[torch.Tensor],
+    noise_rates: list[torch.Tensor],
+    constants: Sequence[tuple[float, ...]],
     lr: float,
     decay: float,
     eps: float,
@@ -203,13 +212,13 @@ def _disable_hints() -> None:
 
 #: Device tables by (addresses, sizes, device, BLOCK), least recently used first; one per
 #: parameter group (and dtype pair) is in use at a time, so a small bound is enough.
-_tables: "OrderedDict[tuple, Tuple[torch.Tensor, int, bool]]" = OrderedDict()
+_tables: OrderedDict[tuple, tuple[torch.Tensor, int, bool]] = OrderedDict()
 _MAX_TABLES = 32
 
 
 def _table(
-    addresses: Tuple[int, ...], numels: Tuple[int, ...], device: torch.device
-) -> Tuple[torch.Tensor, int, bool]:
+    addresses: tuple[int, ...], numels: tuple[int, ...], device: torch.device
+) -> tuple[torch.Tensor, int, bool]:
     """(table on ``device``, number of blocks, every address 16-byte aligned), cached.
 
     The table is a function of the key alone, so a hit is always the table that would be
