@@ -218,8 +218,9 @@ def test_default_path_is_foreach_and_matches_single_tensor(monkeypatch):
 class _FakeParam:
     """A stand-in parameter on a device that this machine may not have (only .device is read)."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, dtype: torch.dtype = torch.float32) -> None:
         self.device = torch.device(device)
+        self.dtype = dtype
 
 
 @pytest.mark.parametrize(
@@ -230,6 +231,7 @@ class _FakeParam:
         (["cpu", "cpu"], True, False),  # CPU: never (the kernel needs a C++ compiler)
         (["cuda:0", "cpu"], True, False),  # mixed devices: foreach
         ([], True, False),
+        (["cuda:0", ("cuda:0", torch.float8_e4m3fn)], True, False),  # a dtype it lacks
     ],
 )
 def test_fused_is_the_default_on_cuda_when_triton_is_importable(
@@ -247,7 +249,8 @@ def test_fused_is_the_default_on_cuda_when_triton_is_importable(
         return original(device)
 
     monkeypatch.setattr(_fused, "fused_is_available", cpu_kernel_must_not_be_asked)
-    assert _functional.default_fused([_FakeParam(d) for d in devices]) is expected
+    params = [_FakeParam(*d) if isinstance(d, tuple) else _FakeParam(d) for d in devices]
+    assert _functional.default_fused(params) is expected
 
 
 @pytest.mark.parametrize("default_fused, expected", [(True, "fused"), (False, "foreach")])

@@ -46,14 +46,17 @@ def fused_module() -> ModuleType:
 def default_fused(params: list[Tensor]) -> bool:
     """Whether ``fused=None`` (with ``foreach=None``) runs the fused path for ``params``.
 
-    Only on CUDA, when every parameter is there and Triton is importable (the fused kernel
-    then needs nothing else); never on CPU, where it would need a C++ compiler.
+    Only on CUDA, when every parameter is there, of a dtype the kernel supports, and Triton
+    is importable (the fused kernel then needs nothing else); never on CPU, where it would
+    need a C++ compiler.
     """
     if not params or torch.jit.is_scripting():
         return False
     if any(p.device.type != "cuda" for p in params):
         return False
     fused = fused_module()
+    if any(p.dtype not in fused.SUPPORTED_PARAM_DTYPES for p in params):
+        return False
     return all(fused.fused_is_available(device) for device in {p.device for p in params})
 
 

@@ -45,7 +45,7 @@ from vsgd_bayes.torch._foreach import step_constants
 __all__ = ["fused_vsgd", "fused_is_available", "cpu_extension_name"]
 
 _CSRC = pathlib.Path(__file__).parent / "csrc"
-_SUPPORTED_PARAM_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+SUPPORTED_PARAM_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _SUPPORTED_STATE_DTYPES = (torch.float32, torch.float64)
 
 # Compiler flags per instruction set reported by torch (the same levels torch dispatches its
@@ -149,9 +149,9 @@ def _unavailable(device: torch.device) -> RuntimeError:
 
 
 def _check_dtypes(param_dtype: torch.dtype, state_dtype: torch.dtype) -> None:
-    if param_dtype not in _SUPPORTED_PARAM_DTYPES:
+    if param_dtype not in SUPPORTED_PARAM_DTYPES:
         raise TypeError(
-            f"fused VSGD supports parameters of dtypes {_SUPPORTED_PARAM_DTYPES}, "
+            f"fused VSGD supports parameters of dtypes {SUPPORTED_PARAM_DTYPES}, "
             f"got {param_dtype}"
         )
     if state_dtype not in _SUPPORTED_STATE_DTYPES:
