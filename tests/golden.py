@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import pathlib
 from dataclasses import dataclass
-from typing import Dict, List
 
 import numpy as np
 
@@ -62,9 +61,9 @@ class GoldenParameter:
 @dataclass(frozen=True)
 class GoldenScenario:
     name: str
-    hyperparameters: Dict[str, float]  # in this project's names
+    hyperparameters: dict[str, float]  # in this project's names
     steps: int
-    parameters: List[GoldenParameter]
+    parameters: list[GoldenParameter]
 
     @property
     def lr(self) -> float:

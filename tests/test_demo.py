@@ -1,6 +1,5 @@
 """``vsgd-bayes demo --quick``: the main job runs, prints its tables and reports failures."""
 
-
 from vsgd_bayes.apps import demo
 
 
@@ -8,7 +7,11 @@ def test_demo_quick_runs_validation_and_training(capsys):
     assert demo.main(["--quick"]) == 0
     out = capsys.readouterr().out
     assert "all checks passed" in out  # the validation table's last line
-    lines = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("VSGD ", "AdamW "))}
+    lines = {
+        line.split()[0]: line.split()
+        for line in out.splitlines()
+        if line.startswith(("VSGD ", "AdamW "))
+    }
     assert set(lines) == {"VSGD", "AdamW"}
     for name, fields in lines.items():
         accuracy = float(fields[2])

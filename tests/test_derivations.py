@@ -43,7 +43,8 @@ def _all_checks():
     for path in CHECK_SCRIPTS:
         module = _load(path)
         functions = [
-            value for name, value in vars(module).items()
+            value
+            for name, value in vars(module).items()
             if name.startswith("check_") and inspect.isfunction(value)
         ]
         for function in functions:
@@ -101,30 +102,61 @@ CITING_FILES = {
     "rule.py": {"local-variance", "local-mean", "global-targets", "svi-blend", "parameter-step"},
     "constant_rule.py": {"constant-mean", "constant-variance", "constant-target"},
     "torch/_single_tensor.py": {
-        "local-variance", "local-mean", "global-targets", "svi-blend", "parameter-step"
+        "local-variance",
+        "local-mean",
+        "global-targets",
+        "svi-blend",
+        "parameter-step",
     },
     "torch/_constant_single_tensor.py": {
-        "constant-mean", "constant-variance", "constant-target", "svi-blend", "parameter-step"
+        "constant-mean",
+        "constant-variance",
+        "constant-target",
+        "svi-blend",
+        "parameter-step",
     },
     "torch/_constant_foreach.py": {
-        "constant-mean", "constant-variance", "constant-target", "svi-blend", "parameter-step"
+        "constant-mean",
+        "constant-variance",
+        "constant-target",
+        "svi-blend",
+        "parameter-step",
     },
     "torch/_foreach.py": _FAST | {"fast-scaled", "svi-blend", "parameter-step"},
     "torch/csrc/vsgd_cpu.cpp": _FAST | {"svi-blend", "parameter-step"},
     "torch/_triton.py": _FAST | {"svi-blend", "parameter-step"},
     "kalman_rule.py": {
-        "kalman-steady-gain", "kalman-innovation", "kalman-ratio-step", "kalman-mean",
-        "kalman-sensitivity", "kalman-innovation-variance", "kalman-variances",
-        "kalman-predict", "kalman-update", "kalman-likelihood", "parameter-step",
+        "kalman-steady-gain",
+        "kalman-innovation",
+        "kalman-ratio-step",
+        "kalman-mean",
+        "kalman-sensitivity",
+        "kalman-innovation-variance",
+        "kalman-variances",
+        "kalman-predict",
+        "kalman-update",
+        "kalman-likelihood",
+        "parameter-step",
     },
     "torch/_kalman_single_tensor.py": {
-        "kalman-steady-gain", "kalman-innovation", "kalman-ratio-step", "kalman-mean",
-        "kalman-sensitivity", "kalman-innovation-variance", "kalman-variances",
+        "kalman-steady-gain",
+        "kalman-innovation",
+        "kalman-ratio-step",
+        "kalman-mean",
+        "kalman-sensitivity",
+        "kalman-innovation-variance",
+        "kalman-variances",
         "parameter-step",
     },
     "torch/_kalman_foreach.py": {
-        "kalman-steady-gain", "kalman-innovation", "kalman-ratio-score", "kalman-ratio-step",
-        "kalman-mean", "kalman-sensitivity", "kalman-innovation-variance", "kalman-variances",
+        "kalman-steady-gain",
+        "kalman-innovation",
+        "kalman-ratio-score",
+        "kalman-ratio-step",
+        "kalman-mean",
+        "kalman-sensitivity",
+        "kalman-innovation-variance",
+        "kalman-variances",
         "parameter-step",
     },
 }
@@ -188,7 +220,9 @@ def _notation_rows():
     for line in section.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         if len(cells) == 6 and not set(cells[0]) <= set("-") and cells[0] != "symbol":
-            rows.append(dict(zip(("symbol", "meaning", "code", "state", "where", "authors"), cells)))
+            rows.append(
+                dict(zip(("symbol", "meaning", "code", "state", "where", "authors"), cells))
+            )
     return rows
 
 
@@ -206,9 +240,24 @@ def _package_identifiers():
 def test_notation_table_covers_the_symbols():
     code_names = {name for row in _notation_rows() for name in _names(row["code"])}
     required = {
-        "params", "lr", "gradient", "gradient_mean", "gradient_variance", "prior_shape",
-        "posterior_shape", "drift_rate", "noise_rate", "prior_strength", "variance_ratio",
-        "kappa1", "kappa2", "step_sizes", "weight_decay", "eps", "gain", "momentum",
+        "params",
+        "lr",
+        "gradient",
+        "gradient_mean",
+        "gradient_variance",
+        "prior_shape",
+        "posterior_shape",
+        "drift_rate",
+        "noise_rate",
+        "prior_strength",
+        "variance_ratio",
+        "kappa1",
+        "kappa2",
+        "step_sizes",
+        "weight_decay",
+        "eps",
+        "gain",
+        "momentum",
     }
     assert required <= code_names, required - code_names
     from vsgd_bayes import hyperparameters

@@ -77,7 +77,13 @@ def execute_notebook(name: str, kernel_environment) -> dict:
 
 def test_derivation_walkthrough(kernel_environment):
     results = execute_notebook("01_derivation_walkthrough.py", kernel_environment)
-    for key in ["rmse_observed", "rmse_kalman", "rmse_oracle_streaming", "rmse_vsgd_reference", "rmse_vsgd_paper"]:
+    for key in [
+        "rmse_observed",
+        "rmse_kalman",
+        "rmse_oracle_streaming",
+        "rmse_vsgd_reference",
+        "rmse_vsgd_paper",
+    ]:
         assert math.isfinite(results[key]) and results[key] > 0.0, key
     # The Kalman filter is the exact (minimum mean-square error) filter for known precisions,
     # so over 1800 steps x 8 coordinates no causal filter beats it.
@@ -116,7 +122,10 @@ def test_validate_against_elbo(kernel_environment):
     assert results["natural_gradient_max_error"] < 1e-12
     # NumPyro's Monte-Carlo ELBO agrees with the closed form within 4 standard errors.
     assert results["mc_elbo_standard_error"] > 0.0
-    assert abs(results["mc_elbo"] - results["closed_form_elbo"]) < 4.0 * results["mc_elbo_standard_error"]
+    assert (
+        abs(results["mc_elbo"] - results["closed_form_elbo"])
+        < 4.0 * results["mc_elbo_standard_error"]
+    )
     # The same checks as `vsgd-bayes validate`, all passing.
     from vsgd_bayes.validation import CHECKS
 

@@ -13,13 +13,13 @@ import subprocess
 import sys
 import textwrap
 
+import golden
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-import golden
 from vsgd_bayes import hyperparameters as hp
 from vsgd_bayes import rule
 from vsgd_bayes.optax import ScaleByVSGDState, scale_by_vsgd, vsgd

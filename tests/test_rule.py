@@ -1,11 +1,11 @@
-"""Tests of vsgd_bayes.rule: golden replay, first step, step bound, jit, single-pass form, dtypes."""
+"""Tests of vsgd_bayes.rule: golden replay, first step, step bound, jit, single-pass, dtypes."""
 
+import golden
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import golden
 from vsgd_bayes import hyperparameters as hp
 from vsgd_bayes import rule
 

@@ -95,7 +95,9 @@ def _run_parity(
         (
             _to_jax(p, jnp.float64).astype(jax_dtype),
             rule.init_state(
-                _to_jax(p, jax_dtype), hyper["prior_strength"], hyper["variance_ratio"],
+                _to_jax(p, jax_dtype),
+                hyper["prior_strength"],
+                hyper["variance_ratio"],
                 hyper["init"],
             ),
         )
@@ -146,7 +148,7 @@ def _run_parity(
             param_tolerance = tolerance
             if param_dtype not in (torch.float64, torch.float32):
                 # one rounding to 16 bits of theta (~|theta| * 2^-8) may differ on ties
-                param_tolerance = 2.0 ** -7
+                param_tolerance = 2.0**-7
             _assert_close(params[i], theta, param_tolerance, "theta " + what)
             _assert_close(means[i], state.gradient_mean, tolerance, "mu " + what)
             _assert_close(drifts[i], state.drift_rate, tolerance, "b_g " + what)
@@ -208,7 +210,9 @@ def test_foreach_non_contiguous_tensors():
     shape = (6, 5)
     params = [torch.randn(shape, generator=generator, dtype=torch.float64) for _ in range(2)]
     contiguous = [params, [torch.zeros(shape, dtype=torch.float64) for _ in params]]
-    contiguous += [[torch.full(shape, r, dtype=torch.float64) for _ in params] for r in (1e-8, 3e-7)]
+    contiguous += [
+        [torch.full(shape, r, dtype=torch.float64) for _ in params] for r in (1e-8, 3e-7)
+    ]
     contiguous = [[t.to(DEVICE) for t in group] for group in contiguous]
     strided = [[t.t().contiguous().t() for t in group] for group in contiguous]
     contiguous = [[t.clone() for t in group] for group in contiguous]
@@ -217,17 +221,22 @@ def test_foreach_non_contiguous_tensors():
     steps_strided = [torch.tensor(0.0) for _ in params]
     for _ in range(3):
         grads = [
-            torch.randn(shape, generator=generator, dtype=torch.float64).to(DEVICE)
-            for _ in params
+            torch.randn(shape, generator=generator, dtype=torch.float64).to(DEVICE) for _ in params
         ]
         for i, grad in enumerate(grads):
             foreach_vsgd(
-                *[[group[i]] for group in contiguous[:1]], [grad],
-                *[[group[i]] for group in contiguous[1:]], [steps_contiguous[i]], **hyper,
+                *[[group[i]] for group in contiguous[:1]],
+                [grad],
+                *[[group[i]] for group in contiguous[1:]],
+                [steps_contiguous[i]],
+                **hyper,
             )
             foreach_vsgd(
-                *[[group[i]] for group in strided[:1]], [grad.t().contiguous().t()],
-                *[[group[i]] for group in strided[1:]], [steps_strided[i]], **hyper,
+                *[[group[i]] for group in strided[:1]],
+                [grad.t().contiguous().t()],
+                *[[group[i]] for group in strided[1:]],
+                [steps_strided[i]],
+                **hyper,
             )
     for group_contiguous, group_strided in zip(contiguous, strided):
         for a, b in zip(group_contiguous, group_strided):

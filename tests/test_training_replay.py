@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import json
 
+import golden
 import numpy as np
 import pytest
 import torch
 
-import golden
 from vsgd_bayes.torch import VSGD
 
 #: The project's end-to-end bound: max |delta theta| <= 2e-3 lr at every checkpoint.

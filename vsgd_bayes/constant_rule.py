@@ -27,7 +27,7 @@ beta_1 = K_g / (1 + K_g) (K_g = 9 gives beta_1 = 0.9).
 
 from __future__ import annotations
 
-from typing import NamedTuple, Tuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -115,7 +115,7 @@ def step(
     weight_decay=hp.CONSTANT_DEFAULTS["weight_decay"],
     eps=hp.CONSTANT_DEFAULTS["eps"],
     init: str = hp.CONSTANT_DEFAULTS["init"],
-) -> Tuple[jax.Array, ConstantVSGDState]:
+) -> tuple[jax.Array, ConstantVSGDState]:
     """One Constant VSGD step on one array (hyperparameters are not validated here).
 
     Defaults: :data:`vsgd_bayes.hyperparameters.CONSTANT_DEFAULTS` (K_g = 9, momentum 0.9).

@@ -33,7 +33,7 @@ References:
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -257,7 +257,7 @@ def cavi_optimum(
     prior_strength,
     variance_ratio,
     prior_shape,
-    initial: Optional[OneStepVariational] = None,
+    initial: OneStepVariational | None = None,
     *,
     max_iterations: int = 100_000,
     relative_tolerance: float = 1e-14,

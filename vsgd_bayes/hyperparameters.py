@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +72,7 @@ __all__ = [
 
 #: Defaults of the authors' implementation (``ghattg=30, ps=1e-8, tau1=0.81, tau2=0.9,
 #: lr=0.1, weight_decay=0, eps=1e-8``), under this project's names.
-DEFAULTS: Dict[str, Any] = {
+DEFAULTS: dict[str, Any] = {
     "lr": 0.1,
     "variance_ratio": 30.0,
     "prior_strength": 1e-8,
@@ -87,7 +88,7 @@ DEFAULTS: Dict[str, Any] = {
 #: ratio differs: Constant VSGD's momentum is fixed at K_g / (1 + K_g), and K_g = 9 gives
 #: Adam's and SGD-momentum's well-tried beta_1 = 0.9 (VSGD's prior ratio 30 would freeze a
 #: heavier 0.968, whereas VSGD's own momentum adapts).
-CONSTANT_DEFAULTS: Dict[str, Any] = {
+CONSTANT_DEFAULTS: dict[str, Any] = {
     "lr": DEFAULTS["lr"],
     "variance_ratio": 9.0,
     "prior_strength": DEFAULTS["prior_strength"],
@@ -97,7 +98,7 @@ CONSTANT_DEFAULTS: Dict[str, Any] = {
     "init": DEFAULTS["init"],
 }
 
-INITS: Tuple[str, ...] = ("reference", "paper")
+INITS: tuple[str, ...] = ("reference", "paper")
 
 #: The authors' code uses the constant 2a = 2*gamma + 1 + 1e-4 for both precisions; in terms of
 #: the shape itself that is an offset of 1e-4 / 2 on the prior shape (and hence on every
@@ -131,7 +132,7 @@ def _check(name: str, value: Any, ok: bool, requirement: str) -> None:
 
 
 #: Requirement on each hyperparameter: (predicate on its float value, text for the error).
-REQUIREMENTS: Dict[str, Tuple[Callable[[float], bool], str]] = {
+REQUIREMENTS: dict[str, tuple[Callable[[float], bool], str]] = {
     "lr": (lambda v: v >= 0.0, ">= 0"),
     "variance_ratio": (lambda v: v > 0.0, "> 0"),
     # gamma = 0 makes the first step 0/0 (the authors' code does not check it).
@@ -230,7 +231,7 @@ class VSGDHyperparameters:
     def posterior_shape(self) -> float:
         return posterior_shape(self.prior_strength, self.init)
 
-    def as_dict(self) -> Dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -293,7 +294,7 @@ def shape_before_step(step: int, prior_strength: float, init: str = DEFAULTS["in
 
 def prior_rates(
     prior_strength: float, variance_ratio: float, init: str = DEFAULTS["init"]
-) -> Tuple[float, float]:
+) -> tuple[float, float]:
     """Rates (b_{0,g}, b_{0,g_hat}) = (gamma, K_g * gamma) of the two Gamma priors.
 
     They are the rates before step 1 and the constant terms of the global targets. For
@@ -309,7 +310,7 @@ def prior_rates(
     )
 
 
-def step_sizes(step: Any, kappa1: float, kappa2: float) -> Tuple[Any, Any]:
+def step_sizes(step: Any, kappa1: float, kappa2: float) -> tuple[Any, Any]:
     """Robbins-Monro step sizes rho_{t,1} = t^(-kappa1), rho_{t,2} = t^(-kappa2).
 
     ``step`` is the 1-based step count; it may be a Python number or an array/tensor of any
@@ -338,7 +339,7 @@ def step_sizes(step: Any, kappa1: float, kappa2: float) -> Tuple[Any, Any]:
 #: the step's scale invariance for gradients not far above eps (measured: eps = 1e-8 with the
 #: loss scaled by 1e-3 moves a digits-MLP trajectory visibly); the 0/0 of a coordinate whose
 #: gradient has always been 0 is read as 0 by a floor at the dtype's smallest normal number.
-KALMAN_DEFAULTS: Dict[str, Any] = {
+KALMAN_DEFAULTS: dict[str, Any] = {
     "lr": 0.1,
     "initial_drift_to_noise": 1.0,
     "ratio_step_scale": 2.0,

@@ -36,7 +36,6 @@ References:
 from __future__ import annotations
 
 import numbers
-from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +60,7 @@ __all__ = [
 ]
 
 
-def resolve_prior_shape(prior_strength, prior_shape=None, init: Optional[str] = None):
+def resolve_prior_shape(prior_strength, prior_shape=None, init: str | None = None):
     """The prior shape a_0: ``prior_shape`` if given, else from ``init`` (default ``"paper"``).
 
     ``init="paper"`` gives a_0 = gamma, ``init="reference"`` gives about gamma + 5e-5 (the
@@ -105,7 +104,7 @@ def one_step_model(
     prior_strength=hp.DEFAULTS["prior_strength"],
     variance_ratio=hp.DEFAULTS["variance_ratio"],
     prior_shape=None,
-    init: Optional[str] = None,
+    init: str | None = None,
 ):
     r"""The one-step model of VSGD (one plate over independent coordinates).
 
@@ -163,8 +162,8 @@ def one_step_guide(
     prior_strength=hp.DEFAULTS["prior_strength"],
     variance_ratio=hp.DEFAULTS["variance_ratio"],
     prior_shape=None,
-    init: Optional[str] = None,
-    initial: Optional[OneStepVariational] = None,
+    init: str | None = None,
+    initial: OneStepVariational | None = None,
 ):
     r"""Mean-field guide: q(g) = N(mu, sigma^2), q(w_g) = Gamma(a_g, b_g), q(w_ghat) likewise.
 
@@ -201,7 +200,7 @@ def one_step_guide(
 
 
 def guide_variational(params) -> OneStepVariational:
-    """The guide's fitted ``numpyro.param`` values as a :class:`~vsgd_bayes.elbo.OneStepVariational`.
+    """The guide's fitted ``numpyro.param`` values as a ``OneStepVariational``.
 
     The inverse of the ``initial`` argument of :func:`one_step_guide`: ``params`` is e.g.
     ``SVIRunResult.params`` or ``svi.get_params(state)``; sigma^2 = ``gradient_scale`` squared.
@@ -299,7 +298,7 @@ def sequential_model(
 
 def simulate_gradient_stream(
     key, num_steps: int, num_coordinates: int, drift_precision, noise_precision
-) -> Tuple[jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array]:
     """Simulate (true_gradients, observed_gradients), each (T, n), from known precisions.
 
     Runs :func:`sequential_model` under ``numpyro.infer.Predictive`` with w_g =

@@ -42,7 +42,8 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional, Union
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -260,7 +261,7 @@ def vsgd(
     kappa2: float = hp.DEFAULTS["kappa2"],
     eps: float = hp.DEFAULTS["eps"],
     weight_decay: float = hp.DEFAULTS["weight_decay"],
-    mask: Optional[Union[Any, Callable[[optax.Params], Any]]] = None,
+    mask: Any | Callable[[optax.Params], Any] | None = None,
     init: str = hp.DEFAULTS["init"],
 ) -> optax.GradientTransformation:
     r"""Variational Stochastic Gradient Descent (VSGD) with decoupled weight decay.

@@ -41,7 +41,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import NamedTuple, Tuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -117,7 +117,7 @@ def expected_precision(shape, rate):
 
 def local_update(
     gradient_mean_prev, drift_rate, noise_rate, gradient, shape
-) -> Tuple[jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array]:
     """CAVI update of q(g_t) = N(mu_t, sigma_t^2) given the current q(w_g), q(w_ghat).
 
     Returns:
@@ -141,7 +141,7 @@ def global_targets(
     variance_ratio,
     *,
     init: str = "paper",
-) -> Tuple[jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array]:
     """Intermediate (one-observation CAVI) targets b'_g, b'_ghat of the Gamma rates.
 
     The constant terms are the prior rates (b_{0,g}, b_{0,ghat}) of
@@ -193,7 +193,7 @@ def posterior_update(
     kappa1=hp.DEFAULTS["kappa1"],
     kappa2=hp.DEFAULTS["kappa2"],
     init: str = hp.DEFAULTS["init"],
-) -> Tuple[jax.Array, VSGDState]:
+) -> tuple[jax.Array, VSGDState]:
     """Steps the posterior over the true gradient only (no parameters involved).
 
     Returns:
@@ -245,7 +245,7 @@ def step(
     weight_decay=hp.DEFAULTS["weight_decay"],
     eps=hp.DEFAULTS["eps"],
     init: str = hp.DEFAULTS["init"],
-) -> Tuple[jax.Array, VSGDState]:
+) -> tuple[jax.Array, VSGDState]:
     """One VSGD step on one array: local update, global targets, SVI blend, parameter step.
 
     Hyperparameters are not validated here (this function is meant to be jitted); validate

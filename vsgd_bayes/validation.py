@@ -41,8 +41,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +62,7 @@ from vsgd_bayes.model import guide_variational, one_step_guide, one_step_model
 __all__ = ["CheckResult", "Updates", "draw_cases", "run_checks", "format_table", "TOLERANCES"]
 
 #: Tolerance of each check, with its reason.
-TOLERANCES: Dict[str, float] = {
+TOLERANCES: dict[str, float] = {
     # Newton steps in units of the data scale / of log-parameters: the float64 floor measured
     # over 10^4 cases is ~1e-15; 1e-9 leaves a wide margin and is far below any wrong weight.
     "local_stationary": 1e-9,
@@ -89,14 +90,14 @@ class CheckResult:
     worst_error: float
     tolerance: float
     detail: str = ""
-    extra: Dict[str, float] = field(default_factory=dict)
+    extra: dict[str, float] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
         # A NaN error must fail, hence the explicit finiteness test.
         return math.isfinite(self.worst_error) and self.worst_error <= self.tolerance
 
-    def as_dict(self) -> Dict[str, object]:
+    def as_dict(self) -> dict[str, object]:
         return {
             "name": self.name,
             "cases": self.cases,
@@ -133,7 +134,7 @@ def _signed_log_uniform(rng, low, high, size):
     return rng.choice([-1.0, 1.0], size) * _log_uniform(rng, low, high, size)
 
 
-def draw_cases(seed: int, cases: int) -> Dict[str, np.ndarray]:
+def draw_cases(seed: int, cases: int) -> dict[str, np.ndarray]:
     """Random one-step problems and VSGD states over wide log-ranges (float64 numpy arrays).
 
     mu_{t-1}, g_hat: +-[1e-6, 1e3]; rates b_g, b_ghat: [1e-10, 1e4]; gamma: [1e-10, 10];
@@ -470,7 +471,7 @@ _SVI_LEARNING_RATE = 0.3
 _SVI_FINAL_LEARNING_RATE_FRACTION = 3e-3
 
 
-def _draw_svi_cases(seed: int, cases: int) -> Dict[str, np.ndarray]:
+def _draw_svi_cases(seed: int, cases: int) -> dict[str, np.ndarray]:
     """Well-posed one-step problems: gamma / (g_hat - mu_{t-1})^2 in [1e-2, 1e2].
 
     Below ~1e-4 the priors are close to the improper 1/w and the one-step ELBO has an almost
@@ -682,9 +683,9 @@ def run_checks(
     seed: int = 0,
     cases: int = 50,
     *,
-    updates: Optional[Updates] = None,
-    only: Optional[List[str]] = None,
-) -> List[CheckResult]:
+    updates: Updates | None = None,
+    only: list[str] | None = None,
+) -> list[CheckResult]:
     """Run the checks (all, or those named in ``only``) on ``cases`` random cases each.
 
     Args:
@@ -711,7 +712,7 @@ def run_checks(
         return _run(seed, cases, updates, names)
 
 
-def _run(seed: int, cases: int, updates: Updates, names: List[str]) -> List[CheckResult]:
+def _run(seed: int, cases: int, updates: Updates, names: list[str]) -> list[CheckResult]:
     drawn = {k: jnp.asarray(v) for k, v in draw_cases(seed, cases).items()}
     runners = {
         "local_stationary": lambda: _check_local_stationary(drawn, updates),
@@ -725,7 +726,7 @@ def _run(seed: int, cases: int, updates: Updates, names: List[str]) -> List[Chec
     return [runners[name]() for name in CHECKS if name in names]
 
 
-def format_table(results: List[CheckResult]) -> str:
+def format_table(results: list[CheckResult]) -> str:
     """The results as a plain-text table (check, cases, worst error, tolerance, pass)."""
     header = f"{'check':<20} {'cases':>5} {'worst error':>12} {'tolerance':>10}  pass"
     lines = [header, "-" * len(header)]

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import List, Optional
 
 #: subcommand -> (module, one-line help)
 COMMANDS = {
     "validate": ("vsgd_bayes.apps.validate", "check the closed-form updates against the ELBO"),
-    "demo": ("vsgd_bayes.apps.demo", "validation plus a short training demo on scikit-learn digits"),
+    "demo": (
+        "vsgd_bayes.apps.demo",
+        "validation plus a short training demo on scikit-learn digits",
+    ),
     "bench": ("vsgd_bayes.apps.bench.cli", "compare VSGD with AdamW and SGD on small real tasks"),
     "paper": ("vsgd_bayes.apps.paper.cli", "run the paper's CIFAR-100 / Tiny ImageNet setups"),
     "calibrate": ("vsgd_bayes.apps.calibrate.cli", "is the gradient posterior calibrated?"),
@@ -28,7 +30,7 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())

@@ -11,8 +11,8 @@ cited in brackets at each group of operations). Two small tables travel to the k
   tensors every step) followed by the step's scalars as float64: the fields of
   :class:`vsgd_bayes.torch._foreach.StepConstants` in field order (once for the whole list
   when every tensor has the same step count, the usual case; else once per tensor), then
-  lr, 1 - lr*lambda, eps and the gradient sign. The scalars are float64 in memory because Triton passes
-  Python floats as float32, which would round the float64 update.
+  lr, 1 - lr*lambda, eps and the gradient sign. The scalars are float64 in memory because
+  Triton passes Python floats as float32, which would round the float64 update.
 
 Each program steps BLOCK elements of one tensor with the single-pass form of the update
 (see ``vsgd_cpu.cpp``), in the state dtype. Host work per step: the addresses, one
