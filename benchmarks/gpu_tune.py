@@ -6,9 +6,10 @@ One process, on one GPU:
    of two; time (min over interleaved rounds, as a ratio to fused Adam) and transient memory.
 2. fused (Triton): ``BLOCK`` (elements per program) and ``NUM_WARPS`` over a few pairs.
 3. A profile of the host-side work of one fused step (ResNet-18 shapes), top functions.
-4. When ``--bench-json`` or ``--bench-png`` is given, with the best setting of each (foreach: the smallest worst-case ratio over the two shape
-   sets among settings within 1x the parameters' size in transient memory; fused: the
-   smallest ratio on the large tensors, where the kernel rather than the host is the limit),
+4. When ``--bench-json`` or ``--bench-png`` is given, with the best setting of each (foreach:
+   the smallest worst-case ratio over the two shape sets among settings within 1x the
+   parameters' size in transient memory; fused: the smallest ratio on the large tensors,
+   where the kernel rather than the host is the limit),
    ``benchmarks/step_time.py --device cuda`` in the same process.
 
 The chosen values are printed; the library's defaults are set to them by hand (they are
@@ -35,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import step_time  # noqa: E402
+
 from vsgd_bayes.torch import _foreach, _fused  # noqa: E402
 
 FOREACH_BLOCKS = [1 << 20, 1 << 21, 3 << 20, 1 << 22, 1 << 23]
@@ -128,17 +130,28 @@ def main(argv=None) -> int:
     device = torch.device("cuda")
     print(f"# {torch.cuda.get_device_name(device)}, torch {torch.__version__}", flush=True)
 
-    defaults = (_foreach.BLOCK_SIZE["cuda"], (_fused._triton_module().BLOCK, _fused._triton_module().NUM_WARPS))
+    defaults = (
+        _foreach.BLOCK_SIZE["cuda"],
+        (_fused._triton_module().BLOCK, _fused._triton_module().NUM_WARPS),
+    )
     report = {"device": torch.cuda.get_device_name(device), "foreach": {}, "fused": {}}
     for name, shapes in step_time.shape_sets("both", quick=False).items():
         problem = step_time.Problem(shapes, device)
         report["foreach"][name] = sweep(
-            problem, device, FOREACH_BLOCKS, set_foreach_block,
-            _foreach.foreach_vsgd, args.rounds,
+            problem,
+            device,
+            FOREACH_BLOCKS,
+            set_foreach_block,
+            _foreach.foreach_vsgd,
+            args.rounds,
         )
         report["fused"][name] = sweep(
-            problem, device, TRITON_CONFIGS, set_triton,
-            _fused.fused_vsgd, args.rounds,
+            problem,
+            device,
+            TRITON_CONFIGS,
+            set_triton,
+            _fused.fused_vsgd,
+            args.rounds,
         )
         for path in ("foreach", "fused"):
             rows = report[path][name]
@@ -162,7 +175,10 @@ def main(argv=None) -> int:
     chosen_triton = best(report["fused"], TRITON_CONFIGS, shapes=("big",))
     report["chosen"] = {"foreach_block_size": chosen_block, "triton_block_warps": chosen_triton}
     report["defaults"] = {"foreach_block_size": defaults[0], "triton_block_warps": defaults[1]}
-    print(f"\nchosen: foreach BLOCK_SIZE['cuda'] = {chosen_block}, Triton (BLOCK, NUM_WARPS) = {chosen_triton}")
+    print(
+        f"\nchosen: foreach BLOCK_SIZE['cuda'] = {chosen_block}, "
+        f"Triton (BLOCK, NUM_WARPS) = {chosen_triton}"
+    )
     print(f"defaults: foreach {defaults[0]}, Triton {defaults[1]}", flush=True)
     if args.json:
         with open(args.json, "w") as file:

@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import step_time  # noqa: E402
+
 from vsgd_bayes.torch._foreach import foreach_vsgd  # noqa: E402
 
 BLOCK = 1 << 18

@@ -30,7 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List, Tuple
+from collections.abc import Callable
 
 import torch
 
@@ -43,9 +43,9 @@ from vsgd_bayes.torch._fused import fused_is_available, fused_vsgd  # noqa: E402
 LR = 1e-3  # small, so parameters stay bounded over many benchmark steps
 
 
-def resnet18_shapes() -> List[Tuple[int, ...]]:
+def resnet18_shapes() -> list[tuple[int, ...]]:
     """Parameter shapes of torchvision's ResNet-18 (11,689,512 values in 62 tensors)."""
-    shapes: List[Tuple[int, ...]] = [(64, 3, 7, 7), (64,), (64,)]
+    shapes: list[tuple[int, ...]] = [(64, 3, 7, 7), (64,), (64,)]
     in_channels = 64
     for stage, channels in enumerate([64, 128, 256, 512]):
         for block in range(2):
@@ -58,7 +58,7 @@ def resnet18_shapes() -> List[Tuple[int, ...]]:
     return shapes + [(1000, 512), (1000,)]
 
 
-def shape_sets(which: str, quick: bool) -> Dict[str, List[Tuple[int, ...]]]:
+def shape_sets(which: str, quick: bool) -> dict[str, list[tuple[int, ...]]]:
     side = 1024 if quick else 4096
     sets = {"resnet18": resnet18_shapes(), "big": [(side, side)] * 4}
     if quick:
@@ -112,11 +112,9 @@ class Problem:
 
         return step
 
-
     def kalman(self, path) -> Callable[[], None]:
         hyper = {
-            k: v for k, v in hp.KALMAN_DEFAULTS.items()
-            if k not in ("lr", "initial_drift_to_noise")
+            k: v for k, v in hp.KALMAN_DEFAULTS.items() if k not in ("lr", "initial_drift_to_noise")
         }
 
         def step():
@@ -133,8 +131,8 @@ class Problem:
         return step
 
 
-def make_paths(problem: Problem, device: torch.device) -> Dict[str, Callable[[], None]]:
-    paths: Dict[str, Callable[[], None]] = {}
+def make_paths(problem: Problem, device: torch.device) -> dict[str, Callable[[], None]]:
+    paths: dict[str, Callable[[], None]] = {}
     adam_fused = torch.optim.Adam(problem.params, lr=LR, fused=True)
     adam_foreach = torch.optim.Adam(problem.params, lr=LR, foreach=True)
     paths["adam_fused"] = adam_fused.step
@@ -208,7 +206,7 @@ def events_bytes_first(events) -> int:
     return 0
 
 
-def benchmark(shapes, device, rounds, only=None) -> Dict[str, Dict[str, float]]:
+def benchmark(shapes, device, rounds, only=None) -> dict[str, dict[str, float]]:
     problem = Problem(shapes, device)
     paths = make_paths(problem, device)
     if only:
@@ -219,7 +217,7 @@ def benchmark(shapes, device, rounds, only=None) -> Dict[str, Dict[str, float]]:
     for step in paths.values():  # warm-up: state creation, kernel build/compile, caches
         step()
         step()
-    times: Dict[str, List[float]] = {name: [] for name in paths}
+    times: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(rounds):
         for name, step in paths.items():
             _synchronize(device)
@@ -244,7 +242,9 @@ def benchmark(shapes, device, rounds, only=None) -> Dict[str, Dict[str, float]]:
 def print_table(name: str, results) -> None:
     info = results["_problem"]
     print(f"\n{name}: {info['values']:,} values in {info['tensors']} tensors")
-    print(f"{'path':<24}{'min ms':>10}{'median ms':>11}{'x fused Adam':>14}{'transient x params':>20}")
+    print(
+        f"{'path':<24}{'min ms':>10}{'median ms':>11}{'x fused Adam':>14}{'transient x params':>20}"
+    )
     for path, r in results.items():
         if path.startswith("_"):
             continue
@@ -265,10 +265,17 @@ def plot(all_results, path: str, title: str) -> None:
     for axis, (name, results) in zip(axes, all_results.items()):
         names = [k for k in results if not k.startswith("_")]
         ratios = [results[k]["ratio_to_fused_adam"] for k in names]
-        bars = axis.barh(names, ratios, color=["tab:gray" if "adam" in k else "tab:blue" for k in names])
+        bars = axis.barh(
+            names, ratios, color=["tab:gray" if "adam" in k else "tab:blue" for k in names]
+        )
         for bar, k in zip(bars, names):
-            axis.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
-                      f" {results[k]['min_ms']:.1f} ms", va="center", fontsize=8)
+            axis.text(
+                bar.get_width(),
+                bar.get_y() + bar.get_height() / 2,
+                f" {results[k]['min_ms']:.1f} ms",
+                va="center",
+                fontsize=8,
+            )
         axis.axvline(1.0, color="black", linewidth=0.8)
         axis.set_xlabel("step time / fused Adam (min over rounds)")
         axis.set_title(name)
@@ -299,7 +306,9 @@ def main(argv=None) -> int:
     rounds = args.rounds or (3 if args.quick else 20)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     header = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "rounds": rounds,
@@ -317,7 +326,11 @@ def main(argv=None) -> int:
         with open(args.json, "w") as file:
             json.dump({"setup": header, "results": all_results}, file, indent=2)
     if args.png:
-        plot(all_results, args.png, f"VSGD step time, {header['device']}, {header['threads']} threads")
+        plot(
+            all_results,
+            args.png,
+            f"VSGD step time, {header['device']}, {header['threads']} threads",
+        )
     return 0
 
 

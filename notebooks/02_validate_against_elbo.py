@@ -63,7 +63,8 @@ import numpyro.optim
 import optax
 from numpyro.infer import SVI, Trace_ELBO
 
-from vsgd_bayes import elbo, hyperparameters as hp, rule, validation
+from vsgd_bayes import elbo, rule, validation
+from vsgd_bayes import hyperparameters as hp
 from vsgd_bayes.elbo import OneStepVariational
 from vsgd_bayes.model import guide_variational, one_step_guide, one_step_model
 

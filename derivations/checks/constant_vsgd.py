@@ -166,14 +166,12 @@ def check_constant_vsgd_denominator_falls_after_a_spike():
     # sqrt(mu_t^2 + sigma_t^2) jumps at the large gradient and falls back within ~1/(1 - beta)
     # steps (mu_t^2 forgets with beta = 0.9), like Adam's v_t with beta_2 = 0.99 and unlike
     # AMSGrad's running max.
-    import numpy as np
-
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
     jax.config.update("jax_enable_x64", True)
     from vsgd_bayes import constant_rule
-
     from vsgd_bayes import hyperparameters as hp
 
     stream = np.full(120, -10.0)
@@ -197,9 +195,8 @@ def check_constant_vsgd_denominator_falls_after_a_spike():
 
 
 def check_constant_rule_matches():
-    import numpy as np
-
     import jax
+    import numpy as np
 
     jax.config.update("jax_enable_x64", True)
     from vsgd_bayes import constant_rule

@@ -192,9 +192,8 @@ def check_gamma_kl_by_quadrature():
 
 def check_rule_matches_cavi_optimum():
     # vsgd_bayes.rule.local_update / global_targets evaluate the formulas derived here.
-    import numpy as np
-
     import jax
+    import numpy as np
 
     jax.config.update("jax_enable_x64", True)
     from vsgd_bayes import rule
@@ -230,7 +229,12 @@ def check_rule_matches_cavi_optimum():
     np.testing.assert_allclose(np.asarray(got_mean), expected_mean, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(np.asarray(got_variance), expected_variance, rtol=1e-12)
     expected_targets = targets(
-        expected_mean, expected_variance, mean_prev_value, gradient_value, strength, ratio * strength
+        expected_mean,
+        expected_variance,
+        mean_prev_value,
+        gradient_value,
+        strength,
+        ratio * strength,
     )
     got_targets = rule.global_targets(
         expected_mean, expected_variance, mean_prev_value, gradient_value, strength, ratio

@@ -57,13 +57,26 @@ def check_authors_expanded_residuals():
     # sigma^2 + mu^2 - 2 mu m + m^2 = sigma^2 + (mu - m)^2, for m = mu_{t-1} and m = g_hat.
     mean, variance, drift_target, noise_target = textbook()
     second_moment = variance + mean**2
-    assert sp.simplify(
-        2 * prior_strength + second_moment - 2 * mean * mean_prev + mean_prev**2 - 2 * drift_target
-    ) == 0
-    assert sp.simplify(
-        2 * ratio * prior_strength + second_moment - 2 * gradient * mean + gradient**2
-        - 2 * noise_target
-    ) == 0
+    assert (
+        sp.simplify(
+            2 * prior_strength
+            + second_moment
+            - 2 * mean * mean_prev
+            + mean_prev**2
+            - 2 * drift_target
+        )
+        == 0
+    )
+    assert (
+        sp.simplify(
+            2 * ratio * prior_strength
+            + second_moment
+            - 2 * gradient * mean
+            + gradient**2
+            - 2 * noise_target
+        )
+        == 0
+    )
 
 
 def check_scaled_denominator_and_rates():
@@ -78,16 +91,22 @@ def check_scaled_denominator_and_rates():
     # b <- (1 - rho) b + rho (gamma + (sigma^2 + r^2) / 2), evaluated as
     # (rho gamma + (1 - rho) b) + (rho / 2 / a) S + (rho / 2) r^2
     direct_rate = (1 - rho) * rate + rho * (prior_strength + half * (variance + square))
-    folded_rate = (rho * prior_strength + (1 - rho) * rate) + rho * half / shape * scaled + rho * half * square
+    folded_rate = (
+        (rho * prior_strength + (1 - rho) * rate)
+        + rho * half / shape * scaled
+        + rho * half * square
+    )
     assert sp.simplify(direct_rate - folded_rate) == 0
     _, variance_single, _, _ = single_pass()
-    assert sp.simplify(shape * variance_single - drift_rate * noise_rate / (drift_rate + noise_rate)) == 0
+    assert (
+        sp.simplify(shape * variance_single - drift_rate * noise_rate / (drift_rate + noise_rate))
+        == 0
+    )
 
 
 def check_single_pass_matches_rule_numerically():
-    import numpy as np
-
     import jax
+    import numpy as np
 
     jax.config.update("jax_enable_x64", True)
     from vsgd_bayes import rule

@@ -1,4 +1,4 @@
-"""Checks and numbers for 05_first_step.md: the authors' code is Algorithm 1 with a_0 = gamma + 5e-5.
+"""Checks and numbers for 05_first_step.md: the authors' code is Algorithm 1, a_0 = gamma + 5e-5.
 
 The authors' PyTorch code is transcribed below in its own variable names (``pa2``, ``pbg2``,
 ``pbhg2``: twice the constant shape and the two prior rates; ``bg``, ``bhg``: twice the rates;
@@ -72,8 +72,16 @@ def reference_code_step(
 
 
 def algorithm_1_step(
-    step, gradient, mean_prev, drift_rate, noise_rate, rho1, rho2,
-    prior_strength, variance_ratio, prior_shape,
+    step,
+    gradient,
+    mean_prev,
+    drift_rate,
+    noise_rate,
+    rho1,
+    rho2,
+    prior_strength,
+    variance_ratio,
+    prior_shape,
 ):
     """One step of Algorithm 1 (eq:local-variance ... eq:svi-blend) with prior shape a_0.
 
@@ -158,12 +166,26 @@ def check_rule_follows_reference_code_numerically():
     for t in range(1, steps + 1):
         step_size1, step_size2 = hp.step_sizes(float(t), kappa1, kappa2)
         mug, sigg, bg, bhg = reference_code_step(
-            t, gradients[t - 1], mug, bg, bhg, step_size1, step_size2, strength, ratio, 1e-4,
+            t,
+            gradients[t - 1],
+            mug,
+            bg,
+            bhg,
+            step_size1,
+            step_size2,
+            strength,
+            ratio,
+            1e-4,
             hold=_float32_value,
         )
         variance, state = rule.posterior_update(
-            jnp.asarray(gradients[t - 1]), state, variance_ratio=ratio, prior_strength=strength,
-            kappa1=kappa1, kappa2=kappa2, init="reference",
+            jnp.asarray(gradients[t - 1]),
+            state,
+            variance_ratio=ratio,
+            prior_strength=strength,
+            kappa1=kappa1,
+            kappa2=kappa2,
+            init="reference",
         )
         # The same float32 constants, then float64 operations in a different order; the
         # step-1 division by 2a - 1 = 1e-4 amplifies rounding by ~1e4, hence 1e-9 relative
@@ -205,8 +227,17 @@ def replay_golden_file(name, hold, float32_step_sizes):
             if float32_step_sizes:
                 rho1, rho2 = np.float32(rho1), np.float32(rho2)
             mug, sigg, bg, bhg = reference_code_step(
-                t, arrays[f"p{i}_grads"][t - 1], mug, bg, bhg, rho1, rho2, ps, ghattg,
-                1e-4, hold=hold,
+                t,
+                arrays[f"p{i}_grads"][t - 1],
+                mug,
+                bg,
+                bhg,
+                rho1,
+                rho2,
+                ps,
+                ghattg,
+                1e-4,
+                hold=hold,
             )
             p = p * (1 - lr * weight_decay) - lr * mug / (np.sqrt(sigg + mug**2) + eps)
             recorded_mean = arrays[f"p{i}_mu"][t - 1]
@@ -337,7 +368,9 @@ def compute_numbers():
         steps = {}
         for gradient in FIRST_GRADIENTS:
             mean = gradient / (1.0 + ratio)
-            steps[str(gradient)] = lr * abs(mean) / (np.sqrt(mean**2 + variance) + hp.DEFAULTS["eps"])
+            steps[str(gradient)] = (
+                lr * abs(mean) / (np.sqrt(mean**2 + variance) + hp.DEFAULTS["eps"])
+            )
         numbers["first_step"][init] = {
             "prior_shape": shape,
             "drift_variance": drift_variance,
@@ -415,7 +448,8 @@ def render_tables(numbers):
             for quantity, label in (("momentum", "β₁,t"), ("step_size", "abs(Δθ_t)/η")):
                 values = stream[init][quantity]
                 lines.append(
-                    f"| {label} {init} |" + "".join(f" {_format(values[str(t)])} |" for t in REPORT_STEPS)
+                    f"| {label} {init} |"
+                    + "".join(f" {_format(values[str(t)])} |" for t in REPORT_STEPS)
                 )
         until = stream["steps_until_within_10_percent"]
         agreement = (

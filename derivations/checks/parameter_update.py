@@ -47,9 +47,8 @@ def check_scale_invariance():
 
 def check_decoupled_weight_decay():
     # (eq:parameter-step): decay then step equals vsgd_bayes.rule.parameter_step.
-    import numpy as np
-
     import jax
+    import numpy as np
 
     jax.config.update("jax_enable_x64", True)
     from vsgd_bayes import rule
@@ -65,7 +64,8 @@ def check_decoupled_weight_decay():
     variance_v = rng.uniform(1e-6, 2.0, size=32)
     expected = formula(theta_v, mean_v, variance_v, 0.1, 0.01, 1e-8)
     got = rule.parameter_step(theta_v, mean_v, variance_v, 0.1, 0.01, 1e-8)
-    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-14, atol=1e-16)  # same float64 ops
+    # The same float64 operations.
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-14, atol=1e-16)
     assert np.all(np.abs(np.asarray(got) - theta_v * (1 - 0.1 * 0.01)) < 0.1)  # eq:step-bound
 
 

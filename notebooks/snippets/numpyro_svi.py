@@ -26,7 +26,6 @@ Usage::
 from __future__ import annotations
 
 import functools
-from typing import Dict
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +55,7 @@ def model(features, labels=None):
         numpyro.sample("labels", dist.Bernoulli(logits=features @ weights + bias), obs=labels)
 
 
-def optimizers(learning_rate: float = 0.01) -> Dict[str, object]:
+def optimizers(learning_rate: float = 0.01) -> dict[str, object]:
     """The optimizers compared, same learning rate (VSGD's step is ~ lr * sign-like, as Adam's)."""
     return {
         "VSGD (init='paper')": numpyro.optim.optax_to_numpyro(
@@ -93,7 +92,7 @@ def elbo_samples(guide, params, features, labels, num_samples: int = 1000, seed:
     return _elbo_samples(guide, params, features, labels, num_samples, seed)
 
 
-def run(num_steps: int = 2000, learning_rate: float = 0.01, seed: int = 0) -> Dict[str, np.ndarray]:
+def run(num_steps: int = 2000, learning_rate: float = 0.01, seed: int = 0) -> dict[str, np.ndarray]:
     """ELBO traces (one-sample estimates, one per step) of SVI with VSGD and with Adam.
 
     Returns:
