@@ -159,3 +159,32 @@ def test_constructible_with_just_params_and_lr():
     model(torch.ones(4, 3)).pow(2).mean().backward()
     optimizer.step()
     assert all(len(optimizer.state[p]) == 5 for p in model.parameters())
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["single_tensor", "foreach"])
+def test_underflowing_mean_takes_at_most_one_lr_step(foreach):
+    # Found by the calibration study (digits CNN, float32): S = 0 and |mu| ~ 3e-23, so
+    # mu^2 + sigma^2 underflows to 0 and mu / tiny was a step of ~1e15 lr. The direction's
+    # magnitude is at most 1 in exact arithmetic, so the step must stay within lr.
+    lr = 0.01
+    param = torch.nn.Parameter(torch.zeros(4, dtype=torch.float32))
+    optimizer = KalmanVSGD([param], lr=lr, foreach=foreach)
+    param.grad = torch.ones(4)
+    optimizer.step()
+    state = optimizer.state[param]
+    mean = torch.tensor([-3.3e-23, 3.3e-23, 1e-30, 0.0])
+    state["gradient_mean"].copy_(mean)
+    state["innovation_variance"].zero_()
+    before = param.detach().clone()
+    param.grad = mean.clone()  # innovation 0: S stays 0 and mu stays put
+    optimizer.step()
+    moved = (param.detach() - before).abs()
+    assert torch.all(moved <= lr * (1 + 1e-6)), moved
+    # The sign is still the gradient's (a full step down the tiny gradient), and 0 stays 0.
+    assert torch.equal(torch.sign(param.detach() - before), -torch.sign(mean))
+
+
+def test_rule_direction_is_bounded_where_the_mean_underflows():
+    mean = jnp.asarray([-3.3e-23, 3.3e-23, 0.0], dtype=jnp.float32)
+    direction = kalman_rule.normalized_direction(mean, jnp.zeros(3, jnp.float32), 0.0)
+    assert jnp.array_equal(direction, jnp.asarray([-1.0, 1.0, 0.0], jnp.float32))

@@ -164,16 +164,21 @@ def variances(innovation_variance, gain, complement):
 
 
 def normalized_direction(gradient_mean, gradient_variance, eps):
-    """mu / max(sqrt(mu^2 + sigma^2) + eps, tiny): VSGD's direction, with 0/0 read as 0.
+    """clip(mu / max(sqrt(mu^2 + sigma^2) + eps, tiny), -1, 1): VSGD's direction, with 0/0
+    read as 0.
 
     The denominator is 0 only when mu = sigma^2 = 0 (a coordinate whose gradient has always
     been exactly 0); the floor ``tiny`` (the dtype's smallest normal number) turns that 0/0 into
     0 without an eps, so the default eps = 0 keeps the step scale-invariant
     (eq:kalman-scale-invariance) for every gradient above the float range's floor.
+
+    The clip changes nothing in exact arithmetic (|mu| <= sqrt(mu^2 + sigma^2)); it bounds the
+    step by lr where mu^2 underflows while sigma^2 = 0 (float32, |mu| below ~1e-19 with S = 0:
+    the unclipped quotient mu / tiny was a step of ~1e15 lr on a digits CNN).
     """
     tiny = jnp.finfo(gradient_mean.dtype).tiny
     denominator = jnp.sqrt(gradient_mean**2 + gradient_variance) + eps
-    return gradient_mean / jnp.maximum(denominator, tiny)
+    return jnp.clip(gradient_mean / jnp.maximum(denominator, tiny), -1.0, 1.0)
 
 
 def parameter_step(params, gradient_mean, gradient_variance, lr, weight_decay, eps):

@@ -40,6 +40,7 @@ def _into(operation: str, source, out, *args):
 
 
 _HALF_ROOT_TWO = math.sqrt(0.5)
+_ROOT_TWO = math.sqrt(2.0)
 _CONSTANTS: dict[tuple[float, torch.dtype], Tensor] = {}
 
 
@@ -180,6 +181,11 @@ def _step_batch(batch, scratch: Tensor, *, step_size: float, weight: float, lr: 
     if eps != 0.0:  # adding exactly 0.0 would change nothing
         _inplace("add", denominator, eps * _HALF_ROOT_TWO)
     _inplace("clamp_min", denominator, tiny)
+    # sqrt(2) times the direction, clipped to +-sqrt(2): |direction| <= 1 in exact arithmetic;
+    # the clip bounds the step where mu^2 underflows (kalman_rule.normalized_direction).
+    # The innovation row is free: v was last read by the update of S above.
+    direction = _into("div", means, innovation, denominator)
+    _clamp_(direction, -_ROOT_TWO, _ROOT_TWO)
     param_dtype = (params if isinstance(params, Tensor) else params[0]).dtype
     if param_dtype == dtype:
         weights = params
@@ -188,7 +194,7 @@ def _step_batch(batch, scratch: Tensor, *, step_size: float, weight: float, lr: 
         _inplace("copy", weights, params)
     if weight_decay != 0.0:
         _inplace("mul", weights, 1.0 - lr * weight_decay)
-    _inplace("addcdiv", weights, means, denominator, value=-lr * _HALF_ROOT_TWO)
+    _inplace("add", weights, direction, alpha=-lr * _HALF_ROOT_TWO)
     if weights is not params:
         _inplace("copy", params, weights)
 

@@ -55,10 +55,11 @@ def ratio_step(
 
 
 def normalized_direction(gradient_mean: Tensor, gradient_variance: Tensor, eps: float):
-    """mu / max(sqrt(mu^2 + sigma^2) + eps, tiny) (0/0 read as 0)."""
+    """clip(mu / max(sqrt(mu^2 + sigma^2) + eps, tiny), -1, 1) (0/0 read as 0; the clip
+    bounds the step where mu^2 underflows: ``kalman_rule.normalized_direction``)."""
     tiny = torch.finfo(gradient_mean.dtype).tiny
     denominator = torch.sqrt(gradient_mean**2 + gradient_variance) + eps
-    return gradient_mean / denominator.clamp_min(tiny)
+    return (gradient_mean / denominator.clamp_min(tiny)).clamp_(-1.0, 1.0)
 
 
 def parameter_step_(
