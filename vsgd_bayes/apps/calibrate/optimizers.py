@@ -23,7 +23,8 @@ Kalman VSGD's posterior fits the metric's sigma as is (derived here): its ``grad
 gives q = S k^2, r = S(1 - k) and momentum 1 - k, so the metric's sigma_t^2 = (1 - beta_t) r_t
 = S k (1 - k) is the filter's posterior variance P = k r (11, eq:kalman-variances) and the
 predictive variance sigma_t^2 + q_t = S k is the filter's predicted variance P^- of the next
-true gradient.
+true gradient. (k is the gain at the current lambda, the one the next step uses; mu_t was formed
+with the previous lambda's gain, at most ``max_ratio_change`` away in ln lambda.)
 """
 
 from __future__ import annotations
