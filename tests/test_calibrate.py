@@ -135,7 +135,7 @@ def test_baseline_estimates_are_normalised_averages():
 
 
 def test_constant_vsgd_posterior_matches_its_update():
-    from vsgd_bayes.torch.constant import posterior_shape
+    from vsgd_bayes.hyperparameters import constant_posterior_shape
 
     weight = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
     optimizer = optimizer_row("constant-vsgd").build([weight], 1e-3)
@@ -146,7 +146,7 @@ def test_constant_vsgd_posterior_matches_its_update():
     posterior = constant_vsgd_posterior(optimizer, weight)
     ratio = optimizer.param_groups[0]["variance_ratio"]
     state = optimizer.state[weight]
-    shape = posterior_shape(optimizer.param_groups[0]["prior_strength"], "reference")
+    shape = constant_posterior_shape(optimizer.param_groups[0]["prior_strength"], "reference")
     # sigma^2 = (a/b (1 + 1/K_g))^-1: the ConstantVSGD local update's variance.
     expected = (shape / state["rate"] * (1.0 + 1.0 / ratio)) ** -1
     numpy = metrics.Posterior(*(t.numpy() for t in posterior))
@@ -154,11 +154,40 @@ def test_constant_vsgd_posterior_matches_its_update():
     np.testing.assert_allclose(numpy.momentum, ratio / (1.0 + ratio))
 
 
+def test_kalman_vsgd_posterior_is_the_filters_posterior_and_prediction():
+    from vsgd_bayes.torch.kalman import steady_state_gain
+
+    weight = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
+    optimizer = optimizer_row("kalman-vsgd").build([weight], 1e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        weight.grad = 0.01 + 0.1 * torch.randn(4, dtype=torch.float64, generator=generator)
+        optimizer.step()
+    posterior = gradient_posterior_method(optimizer, weight)
+    state = optimizer.state[weight]
+    gain, _ = steady_state_gain(state["log_drift_to_noise"])
+    variance = state["innovation_variance"]
+    numpy = metrics.Posterior(*(t.numpy() for t in posterior))
+    # The metric's sigma^2 = (1 - beta) r is the filter's P = S k (1 - k); sigma^2 + q = S k,
+    # the predicted variance P^- of the next true gradient (11, eq:kalman-variances).
+    np.testing.assert_allclose(metrics.posterior_variance(numpy),
+                               (variance * gain * (1 - gain)).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(metrics.predictive_variance(numpy), (variance * gain).numpy(),
+                               rtol=1e-12)
+    # momentum is the weight mu_t gets at the next step: mu_{t+1} = beta mu_t + (1 - beta) g.
+    weight.grad = torch.tensor([0.5, -0.2, 0.0, 1.0], dtype=torch.float64)
+    optimizer.step()
+    expected = posterior.momentum * posterior.mean + (1 - posterior.momentum) * weight.grad
+    torch.testing.assert_close(state["gradient_mean"], expected, rtol=1e-12, atol=0.0)
+
+
 def test_every_row_declares_rates_for_every_task_and_one_metric_source():
     for row in CALIBRATED_OPTIMIZERS:
         assert set(row.learning_rates) == {"digits-mlp", "digits-cnn", "char-lm"}, row.name
         assert row.posterior is not None or row.estimate is not None, row.name
     assert optimizer_row("vsgd").posterior is gradient_posterior_method
+    assert optimizer_row("kalman-vsgd").posterior is gradient_posterior_method
+    assert optimizer_row("kalman-vsgd").learning_rates == optimizer_row("vsgd").learning_rates
     with pytest.raises(ValueError, match="Invalid optimizer: 'adam'"):
         optimizer_row("adam")
 

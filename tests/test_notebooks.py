@@ -163,8 +163,8 @@ def test_calibration(kernel_environment):
     assert synthetic["σ × 3"]["verdict"] == "over-covering"
     assert synthetic["σ / 3"]["verdict"] == "under-covering"
     final = results["mlp_final"]
-    assert set(final) == {"vsgd", "vsgd-paper", "constant-vsgd", "adamw", "sgd"}
-    for name in ("vsgd", "vsgd-paper", "constant-vsgd"):
+    assert set(final) == {"vsgd", "vsgd-paper", "constant-vsgd", "kalman-vsgd", "adamw", "sgd"}
+    for name in ("vsgd", "vsgd-paper", "constant-vsgd", "kalman-vsgd"):
         assert 0.0 <= final[name]["coverage_0.95"] <= 1.0, name
         assert 0.0 < final[name]["momentum_median"] < 1.0, name
     for name in final:

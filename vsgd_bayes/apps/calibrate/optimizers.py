@@ -13,8 +13,18 @@ costs one row::
 Learning rates: on digits-cnn and char-lm the rates ``vsgd-bayes bench`` chose on validation
 (benchmarks/RESULTS.md; the paper start runs at the reference start's rate); on digits-mlp
 lr 0.01 for the VSGD family (the rate of the recorded reference training run of this MLP) and
-the usual 3e-3 / 0.1 for AdamW / SGD-momentum, not tuned. Calibration is measured along these
-trajectories; it is not a contest of rates.
+the usual 3e-3 / 0.1 for AdamW / SGD-momentum, not tuned. Kalman VSGD runs at the VSGD rates,
+not tuned for it: its step is VSGD's mu/sqrt(mu^2 + sigma^2) with a different inference
+(derivations/11_kalman_vsgd.md), so the same rate gives steps of the same size, and the two
+inferences are compared along trajectories of the same rate. Calibration is measured along
+these trajectories; it is not a contest of rates.
+
+Kalman VSGD's posterior fits the metric's sigma as is (derived here): its ``gradient_posterior``
+gives q = S k^2, r = S(1 - k) and momentum 1 - k, so the metric's sigma_t^2 = (1 - beta_t) r_t
+= S k (1 - k) is the filter's posterior variance P = k r (11, eq:kalman-variances) and the
+predictive variance sigma_t^2 + q_t = S k is the filter's predicted variance P^- of the next
+true gradient. (k is the gain at the current lambda, the one the next step uses; mu_t was formed
+with the previous lambda's gain, at most ``max_ratio_change`` away in ln lambda.)
 """
 
 from __future__ import annotations
@@ -70,13 +80,14 @@ def constant_vsgd_posterior(optimizer: torch.optim.Optimizer, param: Tensor) -> 
     """ConstantVSGD's posterior from its state (derived from its model, see ``constant.py``):
     one precision w with E[w] = a/b; drift variance b/a, noise variance K_g b/a, momentum
     K_g/(1 + K_g), with a = a_0 + 1 after the first step."""
+    from vsgd_bayes.hyperparameters import constant_posterior_shape
     from vsgd_bayes.torch import GradientPosterior
-    from vsgd_bayes.torch.constant import posterior_shape
 
     group = next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
     state = optimizer.state[param]
     ratio = float(group["variance_ratio"])
-    drift_variance = state["rate"] / posterior_shape(group["prior_strength"], group["init"])
+    drift_variance = state["rate"] / constant_posterior_shape(group["prior_strength"],
+                                                              group["init"])
     return GradientPosterior(
         mean=state["gradient_mean"].clone(),
         drift_variance=drift_variance,
@@ -117,6 +128,12 @@ def _constant_vsgd(params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer
     return ConstantVSGD(params, lr=lr)
 
 
+def _kalman_vsgd(params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer:
+    from vsgd_bayes.torch import KalmanVSGD
+
+    return KalmanVSGD(params, lr=lr)
+
+
 def _adamw(params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
@@ -135,6 +152,8 @@ CALIBRATED_OPTIMIZERS: tuple[CalibratedOptimizer, ...] = (
                         posterior=gradient_posterior_method),
     CalibratedOptimizer("constant-vsgd", "ConstantVSGD", _constant_vsgd, VSGD_RATES,
                         posterior=constant_vsgd_posterior),
+    CalibratedOptimizer("kalman-vsgd", "KalmanVSGD", _kalman_vsgd, VSGD_RATES,
+                        posterior=gradient_posterior_method),
     CalibratedOptimizer("adamw", "AdamW", _adamw,
                         {"digits-mlp": 0.003, "digits-cnn": 0.01, "char-lm": 0.01},
                         estimate=adam_first_moment),
