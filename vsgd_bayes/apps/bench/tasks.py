@@ -30,7 +30,6 @@ import importlib
 import inspect
 import math
 import warnings
-from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -38,19 +37,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vsgd_bayes.apps.bench.budget import TaskSettings
+
 __all__ = ["TASKS", "TaskSettings", "make_task", "DigitsCNN", "DigitsVAE", "CharLM", "stdlib_text"]
 
 #: The fixed seed of every data split (the run seeds change initialisation and batch order only).
 SPLIT_SEED = 0
-
-
-@dataclass(frozen=True)
-class TaskSettings:
-    """Training budget of a task (the same for every optimizer)."""
-
-    steps: int
-    batch_size: int
-    eval_every: int
 
 
 def _digits_splits(device: torch.device) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
@@ -329,3 +321,10 @@ def make_task(name: str, device: str = "cpu"):
     if name not in TASKS:
         raise ValueError(f"Invalid task: {name!r} (must be one of {tuple(TASKS)})")
     return TASKS[name](device)
+
+# Tasks kept in their own modules; registered here so that TASKS stays the one registry.
+from vsgd_bayes.apps.bench.cartpole import CartPolePG  # noqa: E402
+from vsgd_bayes.apps.bench.contrastive import DigitsContrastive  # noqa: E402
+
+TASKS[CartPolePG.name] = CartPolePG
+TASKS[DigitsContrastive.name] = DigitsContrastive
