@@ -205,6 +205,19 @@ def test_protocol_final_seeds_are_fresh_and_paired_against_adamw():
     assert "| fake | score ↑ | VSGD | 0.01 (0.001–0.316) |" in runner.format_table([result])
 
 
+def test_results_run_in_parts_merge_into_the_joint_run():
+    def run(names):
+        return runner.run_task(FakeTask(peak=-2.0), optimizers=names, log=None, progress=False,
+                               lr_grids={name: GRID for name in names})
+
+    joint = run(["vsgd", "adamw"])
+    merged = runner.merge_results([run(["adamw"]), run(["vsgd"])])
+    assert list(merged["summary"]) == ["vsgd", "adamw"]  # the registry's order
+    assert merged["summary"] == joint["summary"]  # including the recomputed paired difference
+    with pytest.raises(ValueError, match="an optimizer appears twice"):
+        runner.merge_results([run(["adamw"]), run(["adamw"])])
+
+
 def test_budget_scales_steps_and_evaluation_together():
     settings = TaskSettings(steps=1500, batch_size=64, eval_every=100)
     assert scale_budget(settings, 0.1) == TaskSettings(steps=150, batch_size=64, eval_every=10)

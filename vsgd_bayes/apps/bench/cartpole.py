@@ -67,7 +67,9 @@ class PolicyAndBaseline(nn.Module):
 
     def __init__(self, observations: int = 4, actions: int = 2, hidden: int = 64) -> None:
         super().__init__()
-        self.policy = nn.Sequential(nn.Linear(observations, hidden), nn.Tanh(), nn.Linear(hidden, actions))
+        self.policy = nn.Sequential(
+            nn.Linear(observations, hidden), nn.Tanh(), nn.Linear(hidden, actions)
+        )
         self.value = nn.Sequential(nn.Linear(observations, hidden), nn.Tanh(), nn.Linear(hidden, 1))
 
 
@@ -90,8 +92,9 @@ class CartPolePG:
     def build_model(self) -> nn.Module:
         return PolicyAndBaseline().to(self.device)
 
-    def run_training(self, optimizer: str, lr: float, seed: int, settings: TaskSettings,
-                     progress: bool = False) -> dict[str, Any]:
+    def run_training(
+        self, optimizer: str, lr: float, seed: int, settings: TaskSettings, progress: bool = False
+    ) -> dict[str, Any]:
         """Train one agent for ``settings.steps`` environment steps; the runner's run record."""
         import gymnasium as gym
 
@@ -107,7 +110,11 @@ class CartPolePG:
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=settings.steps, desc=f"{self.name} {optimizer} lr={lr:g} seed={seed}", leave=False)
+            bar = tqdm(
+                total=settings.steps,
+                desc=f"{self.name} {optimizer} lr={lr:g} seed={seed}",
+                leave=False,
+            )
         env_steps, episodes = 0, []  # episodes: (return, env steps when it ended)
         recent: deque[float] = deque(maxlen=WINDOW)
         solved_at = None
@@ -122,11 +129,21 @@ class CartPolePG:
             for length, end in batch["finished"]:
                 episodes.append((length, end))
                 recent.append(length)
-                if solved_at is None and len(recent) == WINDOW and statistics.fmean(recent) >= SOLVED:
+                if (
+                    solved_at is None
+                    and len(recent) == WINDOW
+                    and statistics.fmean(recent) >= SOLVED
+                ):
                     solved_at = end
             while next_eval <= env_steps:
-                curve.append({"step": next_eval, "train_loss": smoothed if smoothed is not None else math.nan,
-                              "val_metric": statistics.fmean(recent) if recent else 0.0, "val_loss": math.nan})
+                curve.append(
+                    {
+                        "step": next_eval,
+                        "train_loss": smoothed if smoothed is not None else math.nan,
+                        "val_metric": statistics.fmean(recent) if recent else 0.0,
+                        "val_loss": math.nan,
+                    }
+                )
                 next_eval += settings.eval_every
             if bar is not None:
                 bar.n = env_steps
@@ -144,10 +161,16 @@ class CartPolePG:
             optimizer_seconds += end - before_step
             updates += 1
             value = baseline_loss.item() + policy_loss.item()
-            if not math.isfinite(value) or not all(torch.isfinite(p).all() for p in model.parameters()):
+            if not math.isfinite(value) or not all(
+                torch.isfinite(p).all() for p in model.parameters()
+            ):
                 diverged = True
                 break
-            smoothed = baseline_loss.item() if smoothed is None else 0.9 * smoothed + 0.1 * baseline_loss.item()
+            smoothed = (
+                baseline_loss.item()
+                if smoothed is None
+                else 0.9 * smoothed + 0.1 * baseline_loss.item()
+            )
         if bar is not None:
             bar.close()
         for env in envs:
@@ -171,8 +194,14 @@ class CartPolePG:
         }
 
     @torch.no_grad()
-    def _collect(self, envs, model: PolicyAndBaseline, generator: torch.Generator, env_steps: int,
-                 budget: int) -> tuple[dict[str, Any], int]:
+    def _collect(
+        self,
+        envs,
+        model: PolicyAndBaseline,
+        generator: torch.Generator,
+        env_steps: int,
+        budget: int,
+    ) -> tuple[dict[str, Any], int]:
         """Run one episode in every environment (in lock step) until all end or the budget is spent."""
         observations = [env.reset()[0] for env in envs]
         alive = list(range(len(envs)))
@@ -201,11 +230,15 @@ class CartPolePG:
             alive = still
         return {"states": states, "actions": actions, "finished": finished}, env_steps
 
-    def _loss(self, model: PolicyAndBaseline, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss(
+        self, model: PolicyAndBaseline, batch: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The REINFORCE loss with the learned baseline (module docstring) on one batch."""
         # CartPole pays a reward of 1 per step taken, so an episode's rewards are all ones.
         returns = [returns_to_go([1.0] * len(episode)) for episode in batch["actions"]]
-        states = torch.as_tensor(np.concatenate([np.stack(s) for s in batch["states"]]), dtype=torch.float32)
+        states = torch.as_tensor(
+            np.concatenate([np.stack(s) for s in batch["states"]]), dtype=torch.float32
+        )
         actions = torch.as_tensor([a for episode in batch["actions"] for a in episode])
         targets = torch.as_tensor([g for episode in returns for g in episode], dtype=torch.float32)
         states, actions, targets = (t.to(self.device) for t in (states, actions, targets))

@@ -30,22 +30,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vsgd-bayes bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("task", choices=[*TASKS, "all"], help="task to run, or all of them")
     parser.add_argument("--quick", action="store_true", help="tiny budgets for CI (same protocol)")
-    parser.add_argument("--budget", type=float, default=1.0,
-                        help="factor on every task's number of steps (default 1: the full budget)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=1.0,
+        help="factor on every task's number of steps (default 1: the full budget)",
+    )
     parser.add_argument("--seeds", type=int, default=5, help="final seeds, reported (default 5)")
-    parser.add_argument("--selection-seeds", type=int, default=2,
-                        help="seeds per learning rate for the selection (default 2)")
-    parser.add_argument("--max-extensions", type=int, default=4,
-                        help="most learning rates added beyond each grid edge (default 4)")
-    parser.add_argument("--optimizers", default=",".join(OPTIMIZERS), help="comma-separated subset of %(default)s")
-    parser.add_argument("--steps", type=int, default=None, help="override the number of training steps")
+    parser.add_argument(
+        "--selection-seeds",
+        type=int,
+        default=2,
+        help="seeds per learning rate for the selection (default 2)",
+    )
+    parser.add_argument(
+        "--max-extensions",
+        type=int,
+        default=4,
+        help="most learning rates added beyond each grid edge (default 4)",
+    )
+    parser.add_argument(
+        "--optimizers", default=",".join(OPTIMIZERS), help="comma-separated subset of %(default)s"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="override the number of training steps"
+    )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     # The models are tiny: a single thread avoids synchronisation overhead and makes the
     # timings comparable on a shared machine.
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    parser.add_argument("--json", dest="json_path", default=None, help="write the full results to this JSON file")
+    parser.add_argument(
+        "--json", dest="json_path", default=None, help="write the full results to this JSON file"
+    )
     parser.add_argument("--out", default=None, help="directory for curves PNG and results.json")
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm bars even on a terminal")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no tqdm bars even on a terminal"
+    )
     return parser
 
 
@@ -68,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     optimizers = [name.strip() for name in args.optimizers.split(",") if name.strip()]
     unknown = [name for name in optimizers if name not in OPTIMIZERS]
     if unknown or not optimizers:
-        parser.error(f"Invalid --optimizers: {args.optimizers!r} (choose from {','.join(OPTIMIZERS)})")
+        parser.error(
+            f"Invalid --optimizers: {args.optimizers!r} (choose from {','.join(OPTIMIZERS)})"
+        )
 
     import torch
 
@@ -83,20 +105,41 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in tasks:
         task_started = time.time()
-        result = run_task(name, optimizers, final_seeds=args.seeds, selection_seeds=args.selection_seeds,
-                          quick=args.quick, budget=args.budget, device=args.device, steps=args.steps,
-                          max_extensions=args.max_extensions, progress=progress)
+        result = run_task(
+            name,
+            optimizers,
+            final_seeds=args.seeds,
+            selection_seeds=args.selection_seeds,
+            quick=args.quick,
+            budget=args.budget,
+            device=args.device,
+            steps=args.steps,
+            max_extensions=args.max_extensions,
+            progress=progress,
+        )
         result["wall_seconds"] = time.time() - task_started
         print(f"[{name}] {result['wall_seconds']:.1f} s")
         results.append(result)
     table = format_table(results)
     print()
     print(table)
-    extended = [(r["task"], name) for r in results for name, row in r["summary"].items() if row["extensions"]]
-    at_edge = [f"{r['task']}:{name}" for r in results for name, row in r["summary"].items() if row["at_edge"]]
+    extended = [
+        (r["task"], name)
+        for r in results
+        for name, row in r["summary"].items()
+        if row["extensions"]
+    ]
+    at_edge = [
+        f"{r['task']}:{name}"
+        for r in results
+        for name, row in r["summary"].items()
+        if row["at_edge"]
+    ]
     rows = sum(len(r["summary"]) for r in results)
-    print(f"\ngrid extended for {len(extended)} of {rows} task-optimizer pairs"
-          + (f"; still at an edge after the cap: {', '.join(at_edge)}" if at_edge else ""))
+    print(
+        f"\ngrid extended for {len(extended)} of {rows} task-optimizer pairs"
+        + (f"; still at an edge after the cap: {', '.join(at_edge)}" if at_edge else "")
+    )
     report = {
         "command": "vsgd-bayes bench " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": {
@@ -133,7 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         print("\nwrote " + ", ".join(paths))
     print(f"total wall time {report['wall_seconds']:.1f} s")
     # Non-zero when an optimizer diverged for every learning rate of its grid.
-    failed = [f"{r['task']}:{name}" for r in results for name, row in r["summary"].items() if row.get("lr") is None]
+    failed = [
+        f"{r['task']}:{name}"
+        for r in results
+        for name, row in r["summary"].items()
+        if row.get("lr") is None
+    ]
     if failed:
         print("every learning rate diverged for " + ", ".join(failed), file=sys.stderr)
         return 1

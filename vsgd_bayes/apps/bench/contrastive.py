@@ -43,13 +43,20 @@ def nt_xent(projections: torch.Tensor, temperature: float = 0.5) -> torch.Tensor
     n = len(z) // 2
     similarity = z @ z.T / temperature
     # A view is never its own candidate.
-    similarity = similarity.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), -math.inf)
+    similarity = similarity.masked_fill(
+        torch.eye(2 * n, dtype=torch.bool, device=z.device), -math.inf
+    )
     positives = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
     return F.cross_entropy(similarity, positives)
 
 
-def augment(images: torch.Tensor, generator: torch.Generator, max_degrees: float = 15.0,
-            max_shift: float = 1.0, noise: float = 0.1) -> torch.Tensor:
+def augment(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    max_degrees: float = 15.0,
+    max_shift: float = 1.0,
+    noise: float = 0.1,
+) -> torch.Tensor:
     """Random rotation, shift (in pixels) and Gaussian noise of a batch (N, 1, H, W)."""
     count, _, height, width = images.shape
     angle = (torch.rand(count, generator=generator) * 2 - 1) * math.radians(max_degrees)
@@ -57,7 +64,9 @@ def augment(images: torch.Tensor, generator: torch.Generator, max_degrees: float
     shift = (torch.rand(count, 2, generator=generator) * 2 - 1) * max_shift
     shift = shift * torch.tensor([2.0 / width, 2.0 / height])
     cos, sin = angle.cos(), angle.sin()
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+    )
     theta = theta.to(images.device, images.dtype)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     moved = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -67,10 +76,16 @@ def augment(images: torch.Tensor, generator: torch.Generator, max_degrees: float
 class ContrastiveEncoder(nn.Module):
     """Encoder f: 64-256-64 (ReLU between), the probed features; head g: 64-64-32."""
 
-    def __init__(self, pixels: int = 64, hidden: int = 256, features: int = 64, projection: int = 32) -> None:
+    def __init__(
+        self, pixels: int = 64, hidden: int = 256, features: int = 64, projection: int = 32
+    ) -> None:
         super().__init__()
-        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(pixels, hidden), nn.ReLU(), nn.Linear(hidden, features))
-        self.head = nn.Sequential(nn.ReLU(), nn.Linear(features, features), nn.ReLU(), nn.Linear(features, projection))
+        self.encoder = nn.Sequential(
+            nn.Flatten(), nn.Linear(pixels, hidden), nn.ReLU(), nn.Linear(hidden, features)
+        )
+        self.head = nn.Sequential(
+            nn.ReLU(), nn.Linear(features, features), nn.ReLU(), nn.Linear(features, projection)
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """The features f(x) of images in [0, 1] (centred first)."""
@@ -99,7 +114,9 @@ class DigitsContrastive:
         # The probe's labelled images: the first PROBE_LABELS_PER_CLASS of each class in the
         # (already shuffled) training split.
         images, labels = self.data["train"]
-        keep = torch.cat([torch.nonzero(labels == c).flatten()[: self.probe_labels_per_class] for c in range(10)])
+        keep = torch.cat(
+            [torch.nonzero(labels == c).flatten()[: self.probe_labels_per_class] for c in range(10)]
+        )
         self.probe_data = (images[keep], labels[keep])
 
     def build_model(self) -> nn.Module:
@@ -130,8 +147,9 @@ class DigitsContrastive:
         return accuracy, F.cross_entropy(logits, labels).item()
 
 
-def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, classes: int,
-                     inverse_regularisation: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_linear_probe(
+    features: torch.Tensor, labels: torch.Tensor, classes: int, inverse_regularisation: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression with an L2 penalty on the weights (not the bias).
 
     Minimises C * sum_i CE(x_i W + b, y_i) + ||W||^2 / 2 (scikit-learn's objective for
@@ -139,12 +157,21 @@ def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, classes: int,
     """
     weight = torch.zeros(features.shape[1], classes, dtype=features.dtype, requires_grad=True)
     bias = torch.zeros(classes, dtype=features.dtype, requires_grad=True)
-    solver = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=500, tolerance_grad=1e-9,
-                               tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
+    solver = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1.0,
+        max_iter=500,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def objective() -> torch.Tensor:
         solver.zero_grad()
-        loss = inverse_regularisation * F.cross_entropy(features @ weight + bias, labels, reduction="sum")
+        loss = inverse_regularisation * F.cross_entropy(
+            features @ weight + bias, labels, reduction="sum"
+        )
         loss = loss + 0.5 * weight.pow(2).sum()
         loss.backward()
         return loss

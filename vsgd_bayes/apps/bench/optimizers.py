@@ -26,7 +26,12 @@ from typing import Any
 import torch
 
 __all__ = [
-    "OPTIMIZERS", "LABELS", "OptimizerSpec", "log_grid", "make_optimizer", "check_optimizer_name",
+    "OPTIMIZERS",
+    "LABELS",
+    "OptimizerSpec",
+    "log_grid",
+    "make_optimizer",
+    "check_optimizer_name",
 ]
 
 #: Heavy-ball momentum of the SGD baseline (the usual value, and VSGD's K_g = 9 equivalent).
@@ -56,24 +61,32 @@ class OptimizerSpec:
     lr_grid: tuple[float, ...]
 
 
-def _vsgd(params: Iterable[Any], lr: float, weight_decay: float, **options: Any) -> torch.optim.Optimizer:
+def _vsgd(
+    params: Iterable[Any], lr: float, weight_decay: float, **options: Any
+) -> torch.optim.Optimizer:
     # Imported lazily: the baselines must run even where vsgd_bayes.torch is unavailable.
     from vsgd_bayes.torch import VSGD
 
     return VSGD(params, lr=lr, weight_decay=weight_decay, **options)
 
 
-def _constant_vsgd(params: Iterable[Any], lr: float, weight_decay: float, **options: Any) -> torch.optim.Optimizer:
+def _constant_vsgd(
+    params: Iterable[Any], lr: float, weight_decay: float, **options: Any
+) -> torch.optim.Optimizer:
     from vsgd_bayes.torch import ConstantVSGD
 
     return ConstantVSGD(params, lr=lr, weight_decay=weight_decay, **options)
 
 
-def _adamw(params: Iterable[Any], lr: float, weight_decay: float, **options: Any) -> torch.optim.Optimizer:
+def _adamw(
+    params: Iterable[Any], lr: float, weight_decay: float, **options: Any
+) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **options)
 
 
-def _sgd(params: Iterable[Any], lr: float, weight_decay: float, **options: Any) -> torch.optim.Optimizer:
+def _sgd(
+    params: Iterable[Any], lr: float, weight_decay: float, **options: Any
+) -> torch.optim.Optimizer:
     options.setdefault("momentum", SGD_MOMENTUM)
     return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, **options)
 

@@ -38,12 +38,25 @@ from typing import Any
 import torch
 
 from vsgd_bayes.apps.bench.budget import scale_budget
-from vsgd_bayes.apps.bench.optimizers import LABELS, OPTIMIZERS, check_optimizer_name, make_optimizer
+from vsgd_bayes.apps.bench.optimizers import (
+    LABELS,
+    OPTIMIZERS,
+    check_optimizer_name,
+    make_optimizer,
+)
 from vsgd_bayes.apps.bench.tasks import make_task
 
 __all__ = [
-    "FINAL_SEED_OFFSET", "MAX_EXTENSIONS", "train_once", "select_learning_rate", "paired_difference",
-    "run_task", "format_table", "plot_curves", "show_progress",
+    "FINAL_SEED_OFFSET",
+    "MAX_EXTENSIONS",
+    "train_once",
+    "select_learning_rate",
+    "paired_difference",
+    "run_task",
+    "merge_results",
+    "format_table",
+    "plot_curves",
+    "show_progress",
 ]
 
 #: Final seeds are FINAL_SEED_OFFSET, FINAL_SEED_OFFSET + 1, ...; selection seeds are 0, 1, ...
@@ -67,7 +80,9 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_once(task, optimizer: str, lr: float, seed: int, settings, progress: bool = False) -> dict[str, Any]:
+def train_once(
+    task, optimizer: str, lr: float, seed: int, settings, progress: bool = False
+) -> dict[str, Any]:
     """Train one model; return the validation/test metrics, the curves and the timings.
 
     A task with its own training loop (``task.run_training``, e.g. reinforcement learning)
@@ -88,7 +103,9 @@ def train_once(task, optimizer: str, lr: float, seed: int, settings, progress: b
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=settings.steps, desc=f"{task.name} {optimizer} lr={lr:g} seed={seed}", leave=False)
+        bar = tqdm(
+            total=settings.steps, desc=f"{task.name} {optimizer} lr={lr:g} seed={seed}", leave=False
+        )
     model.train()
     for step in range(1, settings.steps + 1):
         batch = task.sample_batch(generator, settings.batch_size)
@@ -114,7 +131,14 @@ def train_once(task, optimizer: str, lr: float, seed: int, settings, progress: b
             model.eval()
             val_metric, val_loss = task.evaluate(model, "val")
             model.train()
-            curve.append({"step": step, "train_loss": smoothed, "val_metric": val_metric, "val_loss": val_loss})
+            curve.append(
+                {
+                    "step": step,
+                    "train_loss": smoothed,
+                    "val_metric": val_metric,
+                    "val_loss": val_loss,
+                }
+            )
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{smoothed:.3g}")
@@ -135,7 +159,8 @@ def train_once(task, optimizer: str, lr: float, seed: int, settings, progress: b
         result.update(val_metric=math.nan, test_metric=math.nan, test_loss=math.nan)
     else:
         model.eval()
-        result["val_metric"] = task.evaluate(model, "val")[0]
+        # The last step is always evaluated on validation: reuse it (evaluation is deterministic).
+        result["val_metric"] = curve[-1]["val_metric"]
         result["test_metric"], result["test_loss"] = task.evaluate(model, "test")
     return result
 
@@ -227,7 +252,9 @@ def paired_difference(values: Sequence[float], reference: Sequence[float]) -> di
     """
     if len(values) != len(reference):
         raise ValueError(f"Invalid pairs: {len(values)} values against {len(reference)} references")
-    differences = [a - b for a, b in zip(values, reference) if math.isfinite(a) and math.isfinite(b)]
+    differences = [
+        a - b for a, b in zip(values, reference) if math.isfinite(a) and math.isfinite(b)
+    ]
     n = len(differences)
     mean = statistics.fmean(differences) if n else math.nan
     error = statistics.stdev(differences) / math.sqrt(n) if n > 1 else math.nan
@@ -246,7 +273,9 @@ def _late_change(runs: Sequence[dict[str, Any]]) -> float:
     cut = 0.8 * steps[-1]
     # The last curve point at or before 80% of the budget (the first point if none is).
     start = max([i for i, step in enumerate(steps) if step <= cut] or [0])
-    means = [statistics.fmean(curve[i]["val_metric"] for curve in curves) for i in (start, length - 1)]
+    means = [
+        statistics.fmean(curve[i]["val_metric"] for curve in curves) for i in (start, length - 1)
+    ]
     return means[1] - means[0]
 
 
@@ -285,7 +314,9 @@ def run_task(
     """
     for name, value in (("final_seeds", final_seeds), ("selection_seeds", selection_seeds)):
         if not isinstance(value, int) or not 1 <= value <= FINAL_SEED_OFFSET:
-            raise ValueError(f"Invalid {name}: {value!r} (must be an integer in [1, {FINAL_SEED_OFFSET}])")
+            raise ValueError(
+                f"Invalid {name}: {value!r} (must be an integer in [1, {FINAL_SEED_OFFSET}])"
+            )
     if not isinstance(max_extensions, int) or max_extensions < 0:
         raise ValueError(f"Invalid max_extensions: {max_extensions!r} (must be an integer >= 0)")
     for name in optimizers:
@@ -295,7 +326,9 @@ def run_task(
     if steps is not None:
         if steps < 1:
             raise ValueError(f"Invalid steps: {steps!r} (must be >= 1)")
-        settings = type(settings)(steps=steps, batch_size=settings.batch_size, eval_every=min(settings.eval_every, steps))
+        settings = type(settings)(
+            steps=steps, batch_size=settings.batch_size, eval_every=min(settings.eval_every, steps)
+        )
     grids = {name: list(OPTIMIZERS[name].lr_grid) for name in optimizers}
     grids.update({name: list(grid) for name, grid in (lr_grids or {}).items() if name in grids})
     selection = list(range(selection_seeds))
@@ -324,7 +357,9 @@ def run_task(
             train(name, "selection"), grids[name], selection, task.higher_is_better, max_extensions
         )
         protocol = {key: chosen[key] for key in ("grid", "extensions", "at_edge")}
-        protocol["scores"] = [{"lr": lr, "val_metric": value} for lr, value in chosen["scores"].items()]
+        protocol["scores"] = [
+            {"lr": lr, "val_metric": value} for lr, value in chosen["scores"].items()
+        ]
         if chosen["lr"] is None:
             summary[name] = {"lr": None, "diverged": True, **protocol}
             continue
@@ -342,7 +377,9 @@ def run_task(
             "test_metric_std": statistics.stdev(finite) if len(finite) > 1 else 0.0,
             "val_change_last_fifth": _late_change(final_runs),
             "ms_per_step": statistics.fmean(run["ms_per_step"] for run in final_runs),
-            "ms_per_optimizer_step": statistics.fmean(run["ms_per_optimizer_step"] for run in final_runs),
+            "ms_per_optimizer_step": statistics.fmean(
+                run["ms_per_optimizer_step"] for run in final_runs
+            ),
         }
         if hasattr(task, "summarize"):
             summary[name].update(task.summarize(final_runs))
@@ -355,7 +392,11 @@ def run_task(
         "task": task.name,
         "metric": task.metric,
         "higher_is_better": task.higher_is_better,
-        "settings": {"steps": settings.steps, "batch_size": settings.batch_size, "eval_every": settings.eval_every},
+        "settings": {
+            "steps": settings.steps,
+            "batch_size": settings.batch_size,
+            "eval_every": settings.eval_every,
+        },
         "budget": budget,
         "quick": quick,
         "protocol": {
@@ -371,6 +412,44 @@ def run_task(
         "runs": runs,
         "summary": summary,
     }
+
+
+def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One task's results run in parts (disjoint optimizers, same settings), as if run at once.
+
+    Every run is seeded on its own, so a part's runs do not depend on the other parts; the
+    paired differences to AdamW are recomputed over the merged summary.
+    """
+    if not parts:
+        raise ValueError("Invalid parts: nothing to merge")
+    keys = ("task", "settings", "protocol", "quick", "budget")
+    for part in parts[1:]:
+        for key in keys:
+            if part.get(key) != parts[0].get(key):
+                raise ValueError(
+                    f"Invalid parts: {key} differs ({part.get(key)!r} vs {parts[0].get(key)!r})"
+                )
+    names = [name for part in parts for name in part["summary"]]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Invalid parts: an optimizer appears twice ({names})")
+    merged = {**parts[0], "runs": [], "summary": {}, "lr_grids": {}}
+    for part in parts:
+        merged["runs"] += part["runs"]
+        merged["lr_grids"].update(part["lr_grids"])
+        merged["summary"].update({name: dict(row) for name, row in part["summary"].items()})
+    # Table order: the registry's.
+    merged["summary"] = {
+        name: merged["summary"][name] for name in OPTIMIZERS if name in merged["summary"]
+    }
+    merged["wall_seconds"] = sum(part.get("wall_seconds", math.nan) for part in parts)
+    for row in merged["summary"].values():
+        row.pop("vs_adamw", None)
+    reference = merged["summary"].get(REFERENCE)
+    if reference is not None and reference.get("lr") is not None:
+        for name, row in merged["summary"].items():
+            if name != REFERENCE and row.get("lr") is not None:
+                row["vs_adamw"] = paired_difference(row["test_metrics"], reference["test_metrics"])
+    return merged
 
 
 def _format_metric(value: float) -> str:
@@ -396,9 +475,7 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
                 continue
             diverged = f", {row['diverged_seeds']} diverged" if row["diverged_seeds"] else ""
             paired = row.get("vs_adamw")
-            versus = (
-                f"{paired['mean']:+.4g} ± {paired['standard_error']:.2g}" if paired else "–"
-            )
+            versus = f"{paired['mean']:+.4g} ± {paired['standard_error']:.2g}" if paired else "–"
             lines.append(
                 head + f"| {row['lr']:g} ({grid}{ext}{edge}) | "
                 f"{_format_metric(row['test_metric_mean'])} ± {_format_metric(row['test_metric_std'])} "
@@ -420,33 +497,64 @@ def plot_curves(result: dict[str, Any], path: str) -> None:
         points = [(p["lr"], p["val_metric"]) for p in row["scores"] if p["val_metric"] is not None]
         line = None
         if points:
-            line, = right.plot(*zip(*points), marker="o", label=LABELS[name])
+            (line,) = right.plot(*zip(*points), marker="o", label=LABELS[name])
             added = [(e["lr"], dict(points).get(e["lr"])) for e in row["extensions"]]
             added = [(lr, value) for lr, value in added if value is not None]
             if added:
-                right.plot(*zip(*added), linestyle="none", marker="s", markersize=9, markerfacecolor="none",
-                           color=line.get_color())
+                right.plot(
+                    *zip(*added),
+                    linestyle="none",
+                    marker="s",
+                    markersize=9,
+                    markerfacecolor="none",
+                    color=line.get_color(),
+                )
         if row.get("lr") is None:
             continue
-        chosen = [run for run in result["runs"] if run["optimizer"] == name and run["stage"] == "final"
-                  and not run["diverged"] and run["curve"]]
+        chosen = [
+            run
+            for run in result["runs"]
+            if run["optimizer"] == name
+            and run["stage"] == "final"
+            and not run["diverged"]
+            and run["curve"]
+        ]
         if not chosen:
             continue
         length = min(len(run["curve"]) for run in chosen)
         steps = [point["step"] for point in chosen[0]["curve"][:length]]
         color = line.get_color() if line is not None else None
         for axis, key in ((left, "train_loss"), (middle, "val_metric")):
-            values = torch.tensor([[point[key] for point in run["curve"][:length]] for run in chosen])
-            axis.plot(steps, values.mean(0), color=color, label=f"{LABELS[name]} (lr={row['lr']:g})")
-            axis.fill_between(steps, values.min(0).values, values.max(0).values, color=color, alpha=0.2)
+            values = torch.tensor(
+                [[point[key] for point in run["curve"][:length]] for run in chosen]
+            )
+            axis.plot(
+                steps, values.mean(0), color=color, label=f"{LABELS[name]} (lr={row['lr']:g})"
+            )
+            axis.fill_between(
+                steps, values.min(0).values, values.max(0).values, color=color, alpha=0.2
+            )
     unit = result.get("step_unit", "step")
-    left.set(xlabel=unit, ylabel=result.get("train_loss_label", "training loss (EMA 0.9)"), title=result["task"])
-    middle.set(xlabel=unit, ylabel=f"validation {result['metric']}", title="final seeds: mean, band min-max")
-    right.set(xscale="log", xlabel="learning rate", ylabel=f"validation {result['metric']}",
-              title="selection: mean over seeds (□ extension)")
+    left.set(
+        xlabel=unit,
+        ylabel=result.get("train_loss_label", "training loss (EMA 0.9)"),
+        title=result["task"],
+    )
+    middle.set(
+        xlabel=unit,
+        ylabel=f"validation {result['metric']}",
+        title="final seeds: mean, band min-max",
+    )
+    right.set(
+        xscale="log",
+        xlabel="learning rate",
+        ylabel=f"validation {result['metric']}",
+        title="selection: mean over seeds (□ extension)",
+    )
     if result.get("log_loss_axis", True) and all(
         run["curve"] and min(p["train_loss"] for p in run["curve"]) > 0
-        for run in result["runs"] if run["stage"] == "final" and not run["diverged"]
+        for run in result["runs"]
+        if run["stage"] == "final" and not run["diverged"]
     ):
         left.set_yscale("log")
     middle.legend(fontsize=8)
