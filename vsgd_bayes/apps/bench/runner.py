@@ -557,6 +557,12 @@ def plot_curves(result: dict[str, Any], path: str) -> None:
         if run["stage"] == "final" and not run["diverged"]
     ):
         left.set_yscale("log")
+    scores = [p["val_metric"] for row in result["summary"].values() for p in row["scores"]]
+    scores = [value for value in scores if value is not None]
+    if scores and not result["higher_is_better"] and min(scores) > 0 and max(scores) > 2 * min(scores):
+        # A nearly diverged rate (perplexity 1e20) would flatten the others: clip the axis.
+        right.set_ylim(0.95 * min(scores), 2 * min(scores))
+        right.set_title("selection (□ extension), clipped at 2× best")
     middle.legend(fontsize=8)
     right.legend(fontsize=8)
     figure.tight_layout()
