@@ -452,8 +452,9 @@ def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def _format_metric(value: float) -> str:
-    return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
+def _format_metric(value: float, scale: float) -> str:
+    """Four decimals for metrics below 100 in size (accuracies, perplexities), one above (returns)."""
+    return f"{value:.4f}" if abs(scale) < 100 else f"{value:.1f}"
 
 
 def format_table(results: Sequence[dict[str, Any]]) -> str:
@@ -474,11 +475,11 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
                 lines.append(head + f"| all diverged ({grid}{ext}) | – | – | – | – | – | – |")
                 continue
             diverged = f", {row['diverged_seeds']} diverged" if row["diverged_seeds"] else ""
-            paired = row.get("vs_adamw")
+            paired, mean = row.get("vs_adamw"), row["test_metric_mean"]
             versus = f"{paired['mean']:+.4g} ± {paired['standard_error']:.2g}" if paired else "–"
             lines.append(
                 head + f"| {row['lr']:g} ({grid}{ext}{edge}) | "
-                f"{_format_metric(row['test_metric_mean'])} ± {_format_metric(row['test_metric_std'])} "
+                f"{_format_metric(mean, mean)} ± {_format_metric(row['test_metric_std'], mean)} "
                 f"({len(row['test_metrics'])}{diverged}) | {versus} | {row['val_change_last_fifth']:+.3g} | "
                 f"{row['ms_per_step']:.2f} | {row['ms_per_optimizer_step']:.3f} | {row.get('note', '')} |"
             )
