@@ -476,7 +476,13 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
                 continue
             diverged = f", {row['diverged_seeds']} diverged" if row["diverged_seeds"] else ""
             paired, mean = row.get("vs_adamw"), row["test_metric_mean"]
-            versus = f"{paired['mean']:+.4g} ± {paired['standard_error']:.2g}" if paired else "–"
+            versus = "–"
+            if paired:
+                sign = "+" if paired["mean"] >= 0 else "−"
+                versus = (
+                    f"{sign}{_format_metric(abs(paired['mean']), mean)} ± "
+                    f"{_format_metric(paired['standard_error'], mean)}"
+                )
             lines.append(
                 head + f"| {row['lr']:g} ({grid}{ext}{edge}) | "
                 f"{_format_metric(mean, mean)} ± {_format_metric(row['test_metric_std'], mean)} "
@@ -560,7 +566,12 @@ def plot_curves(result: dict[str, Any], path: str) -> None:
         left.set_yscale("log")
     scores = [p["val_metric"] for row in result["summary"].values() for p in row["scores"]]
     scores = [value for value in scores if value is not None]
-    if scores and not result["higher_is_better"] and min(scores) > 0 and max(scores) > 2 * min(scores):
+    if (
+        scores
+        and not result["higher_is_better"]
+        and min(scores) > 0
+        and max(scores) > 2 * min(scores)
+    ):
         # A nearly diverged rate (perplexity 1e20) would flatten the others: clip the axis.
         right.set_ylim(0.95 * min(scores), 2 * min(scores))
         right.set_title("selection (□ extension), clipped at 2× best")
