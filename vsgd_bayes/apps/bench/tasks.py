@@ -267,7 +267,7 @@ class CharLM:
     name = "char-lm"
     metric = "perplexity"
     higher_is_better = False
-    # 250 steps (protocol v1) left the validation curves falling steeply; 1500 is the full budget.
+    # 250 steps (protocol v1) left the validation curves falling steeply, hence 1500.
     settings = TaskSettings(steps=1500, batch_size=16, eval_every=100)
     quick_settings = TaskSettings(steps=30, batch_size=16, eval_every=30)
     context = 64
@@ -326,6 +326,7 @@ def make_task(name: str, device: str = "cpu"):
     if name not in TASKS:
         raise ValueError(f"Invalid task: {name!r} (must be one of {tuple(TASKS)})")
     return TASKS[name](device)
+
 
 # Tasks kept in their own modules; registered here so that TASKS stays the one registry.
 from vsgd_bayes.apps.bench.cartpole import CartPolePG  # noqa: E402
