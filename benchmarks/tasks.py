@@ -1,7 +1,7 @@
 """Thin script: the small-task benchmark, the same as ``vsgd-bayes bench``.
 
-Example (what benchmarks/RESULTS.md reports):
-    python benchmarks/tasks.py all --seeds 3 --device cuda --out benchmarks/out/tasks
+Example (protocol v2, as benchmarks/RESULTS.md reports; ``--budget 0.5`` halves every budget):
+    python benchmarks/tasks.py all --budget 1 --out benchmarks/out/tasks
 """
 
 import sys

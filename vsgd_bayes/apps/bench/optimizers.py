@@ -1,7 +1,11 @@
-"""The optimizers compared by the benchmarks, built by name.
+"""The optimizers compared by the benchmarks: one registry, :data:`OPTIMIZERS`, one row each.
 
-``VSGD`` and ``ConstantVSGD`` come from :mod:`vsgd_bayes.torch` (imported only when asked for,
-so that the baselines run without it); the baselines are torch's ``AdamW`` and ``SGD`` with
+A row (:class:`OptimizerSpec`) gives the optimizer's label in tables and plots, a function
+that builds it, and the learning-rate grid the protocol starts from. To add an optimizer,
+append one row; every task, the CLI's ``--optimizers`` and the tables pick it up.
+
+``VSGD`` and ``ConstantVSGD`` come from :mod:`vsgd_bayes.torch` (imported only when built, so
+that the baselines run without it); the baselines are torch's ``AdamW`` and ``SGD`` with
 heavy-ball momentum 0.9. Every optimizer takes the same ``weight_decay`` (decoupled for VSGD,
 ConstantVSGD and AdamW, L2 for SGD, as each is usually run).
 
@@ -15,31 +19,98 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Tuple
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-__all__ = ["OPTIMIZERS", "LABELS", "make_optimizer", "check_optimizer_name"]
-
-#: Names accepted on the command lines, in the order the tables list them.
-OPTIMIZERS: Tuple[str, ...] = ("vsgd", "constant-vsgd", "adamw", "sgd")
-
-#: How the tables and plots name them.
-LABELS: Dict[str, str] = {
-    "vsgd": "VSGD",
-    "constant-vsgd": "ConstantVSGD",
-    "adamw": "AdamW",
-    "sgd": "SGD-momentum",
-}
+__all__ = [
+    "OPTIMIZERS",
+    "LABELS",
+    "OptimizerSpec",
+    "log_grid",
+    "make_optimizer",
+    "check_optimizer_name",
+]
 
 #: Heavy-ball momentum of the SGD baseline (the usual value, and VSGD's K_g = 9 equivalent).
 SGD_MOMENTUM = 0.9
 
 
+def log_grid(lowest: float, points: int = 6, ratio: float = 10**0.5) -> tuple[float, ...]:
+    """``points`` learning rates ``lowest * ratio**k``, rounded to 3 significant digits.
+
+    The default, 6 points half a decade apart, spans 2.5 decades.
+    """
+    return tuple(float(f"{lowest * ratio**k:.3g}") for k in range(points))
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One optimizer of the benchmarks.
+
+    Attributes:
+        label: its name in tables and plots.
+        build: ``build(params, lr, weight_decay, **options)`` returns the torch optimizer.
+        lr_grid: the starting learning-rate grid (the protocol extends it at an edge).
+    """
+
+    label: str
+    build: Callable[..., torch.optim.Optimizer]
+    lr_grid: tuple[float, ...]
+
+
+def _vsgd(
+    params: Iterable[Any], lr: float, weight_decay: float, **options: Any
+) -> torch.optim.Optimizer:
+    # Imported lazily: the baselines must run even where vsgd_bayes.torch is unavailable.
+    from vsgd_bayes.torch import VSGD
+
+    return VSGD(params, lr=lr, weight_decay=weight_decay, **options)
+
+
+def _constant_vsgd(
+    params: Iterable[Any], lr: float, weight_decay: float, **options: Any
+) -> torch.optim.Optimizer:
+    from vsgd_bayes.torch import ConstantVSGD
+
+    return ConstantVSGD(params, lr=lr, weight_decay=weight_decay, **options)
+
+
+def _adamw(
+    params: Iterable[Any], lr: float, weight_decay: float, **options: Any
+) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **options)
+
+
+def _sgd(
+    params: Iterable[Any], lr: float, weight_decay: float, **options: Any
+) -> torch.optim.Optimizer:
+    options.setdefault("momentum", SGD_MOMENTUM)
+    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, **options)
+
+
+#: The registry, in the order the tables list the optimizers. Grids: 6 points half a decade
+#: apart (2.5 decades). AdamW's step is normalised (|step| <~ lr) and its usual rate is 1e-3;
+#: VSGD's and ConstantVSGD's step mu / sqrt(mu^2 + sigma^2) shrinks where the gradient
+#: posterior is uncertain, so their grids sit half a decade higher and reach the authors'
+#: default 0.1; SGD's step scales with the gradient and its usual rate is 0.1 (momentum 0.9).
+OPTIMIZERS: dict[str, OptimizerSpec] = {
+    "vsgd": OptimizerSpec("VSGD", _vsgd, log_grid(1e-3)),
+    "constant-vsgd": OptimizerSpec("ConstantVSGD", _constant_vsgd, log_grid(1e-3)),
+    "adamw": OptimizerSpec("AdamW", _adamw, log_grid(1e-4)),
+    "sgd": OptimizerSpec("SGD-momentum", _sgd, log_grid(1e-3)),
+}
+
+#: How the tables and plots name them.
+LABELS: dict[str, str] = {name: spec.label for name, spec in OPTIMIZERS.items()}
+
+
 def check_optimizer_name(name: Any) -> str:
     """Return ``name`` if it is one of :data:`OPTIMIZERS`, else raise ``ValueError``."""
     if not isinstance(name, str) or name not in OPTIMIZERS:
-        raise ValueError(f"Invalid optimizer: {name!r} (must be one of {OPTIMIZERS})")
+        raise ValueError(f"Invalid optimizer: {name!r} (must be one of {tuple(OPTIMIZERS)})")
     return name
 
 
@@ -49,7 +120,7 @@ def make_optimizer(
     """Build the optimizer called ``name`` (one of :data:`OPTIMIZERS`) over ``params``.
 
     Args:
-        name: ``"vsgd"``, ``"constant-vsgd"``, ``"adamw"`` or ``"sgd"``.
+        name: a key of :data:`OPTIMIZERS`, e.g. ``"vsgd"`` or ``"adamw"``.
         params: parameters or parameter groups.
         lr: learning rate eta.
         weight_decay: lambda; decoupled for VSGD/ConstantVSGD/AdamW, L2 for SGD.
@@ -59,13 +130,4 @@ def make_optimizer(
         the ``torch.optim.Optimizer``.
     """
     check_optimizer_name(name)
-    if name in ("vsgd", "constant-vsgd"):
-        # Imported lazily: the baselines must run even where vsgd_bayes.torch is unavailable.
-        from vsgd_bayes.torch import VSGD, ConstantVSGD
-
-        cls = VSGD if name == "vsgd" else ConstantVSGD
-        return cls(params, lr=lr, weight_decay=weight_decay, **options)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **options)
-    options.setdefault("momentum", SGD_MOMENTUM)
-    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, **options)
+    return OPTIMIZERS[name].build(params, lr=lr, weight_decay=weight_decay, **options)

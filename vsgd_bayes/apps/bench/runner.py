@@ -1,18 +1,26 @@
-"""Run the benchmark protocol: a learning-rate grid on validation, then seeds on test.
+"""Run the benchmark protocol (version 2) on one task.
 
 For every task and optimizer, with the same budget (steps, batch size) for all:
 
-1. train once per learning rate of the optimizer's grid with the first seed and keep the rate
-   with the best *validation* metric (a run whose loss becomes non-finite is "diverged" and
-   never chosen);
-2. train with the chosen rate for every other seed (the first seed's run is reused);
-3. report mean and standard deviation over the seeds of the final *test* metric, the wall
-   time per training step and per optimizer step.
+1. **Selection.** Train once per learning rate of the optimizer's grid (6 points half a
+   decade apart, :data:`~vsgd_bayes.apps.bench.optimizers.OPTIMIZERS`) and per *selection*
+   seed; a rate's score is the mean over those seeds of the final *validation* metric; a rate
+   with a diverged run (non-finite loss) is never chosen.
+2. **Extension.** While the best rate is the lowest (highest) rate tried, try one more rate a
+   grid ratio below (above) it, at most ``max_extensions`` times per edge; the result records
+   every added rate and whether the best was still at an edge when the cap stopped it.
+3. **Final.** Train at the chosen rate with *final* seeds disjoint from the selection seeds;
+   report the mean and sample standard deviation of the *test* metric, and, paired by seed
+   (the seed fixes the initialisation and the batch order), the mean difference to AdamW
+   and its standard error.
+
+A seed fixes the model's initialisation and the data order; the data split is fixed once
+for all (:data:`~vsgd_bayes.apps.bench.tasks.SPLIT_SEED`).
 
 Example:
     >>> from vsgd_bayes.apps.bench.runner import run_task
-    >>> result = run_task("digits-cnn", optimizers=["adamw"], seeds=1, quick=True,
-    ...                   lr_grids={"adamw": [1e-3]}, progress=False)
+    >>> result = run_task("digits-cnn", optimizers=["adamw"], final_seeds=1, selection_seeds=1,
+    ...                   quick=True, lr_grids={"adamw": [1e-3]}, progress=False, log=None)
     >>> result["summary"]["adamw"]["lr"]
     0.001
 """
@@ -24,29 +32,42 @@ import os
 import statistics
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
-from vsgd_bayes.apps.bench.optimizers import LABELS, OPTIMIZERS, check_optimizer_name, make_optimizer
+from vsgd_bayes.apps.bench.budget import scale_budget
+from vsgd_bayes.apps.bench.optimizers import (
+    LABELS,
+    OPTIMIZERS,
+    check_optimizer_name,
+    make_optimizer,
+)
 from vsgd_bayes.apps.bench.tasks import make_task
 
-__all__ = ["LR_GRIDS", "QUICK_LR_GRIDS", "train_once", "run_task", "format_table", "plot_curves", "show_progress"]
+__all__ = [
+    "FINAL_SEED_OFFSET",
+    "MAX_EXTENSIONS",
+    "train_once",
+    "select_learning_rate",
+    "paired_difference",
+    "run_task",
+    "merge_results",
+    "format_table",
+    "plot_curves",
+    "show_progress",
+]
 
-#: Learning-rate grids, four points each (the same budget for every optimizer). AdamW takes
-#: normalised steps (|step| <~ lr); VSGD and ConstantVSGD too, but their step
-#: mu / sqrt(mu^2 + sigma^2) shrinks where the gradient posterior is uncertain, so their grids
-#: sit half a decade higher (the authors' default is lr = 0.1); SGD's step scales with the
-#: gradient, so its grid sits higher still.
-LR_GRIDS: Dict[str, List[float]] = {
-    "vsgd": [3e-3, 1e-2, 3e-2, 1e-1],
-    "constant-vsgd": [3e-3, 1e-2, 3e-2, 1e-1],
-    "adamw": [1e-3, 3e-3, 1e-2, 3e-2],
-    "sgd": [1e-2, 3e-2, 1e-1, 3e-1],
-}
+#: Final seeds are FINAL_SEED_OFFSET, FINAL_SEED_OFFSET + 1, ...; selection seeds are 0, 1, ...
+#: (fewer than FINAL_SEED_OFFSET of them, so the two sets never meet).
+FINAL_SEED_OFFSET = 1000
 
-#: ``--quick`` (CI) grids: two points, enough to exercise the selection.
-QUICK_LR_GRIDS: Dict[str, List[float]] = {name: grid[1:3] for name, grid in LR_GRIDS.items()}
+#: At most this many rates are added beyond each edge of a grid.
+MAX_EXTENSIONS = 4
+
+#: Optimizer against which every other one is compared, seed by seed.
+REFERENCE = "adamw"
 
 
 def show_progress() -> bool:
@@ -59,13 +80,22 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_once(task, optimizer: str, lr: float, seed: int, settings, progress: bool = False) -> Dict[str, Any]:
-    """Train one model; return the validation/test metrics, the curves and the timings."""
+def train_once(
+    task, optimizer: str, lr: float, seed: int, settings, progress: bool = False
+) -> dict[str, Any]:
+    """Train one model; return the validation/test metrics, the curves and the timings.
+
+    A task with its own training loop (``task.run_training``, e.g. reinforcement learning)
+    runs that; the others use the supervised loop here (``sample_batch``, ``loss``,
+    ``evaluate``).
+    """
+    if hasattr(task, "run_training"):
+        return task.run_training(optimizer, lr, seed, settings, progress)
     torch.manual_seed(seed)
     model = task.build_model()
     opt = make_optimizer(optimizer, model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
-    curve: List[Dict[str, float]] = []
+    curve: list[dict[str, float]] = []
     step_seconds = optimizer_seconds = 0.0
     smoothed = None
     diverged = False
@@ -73,7 +103,9 @@ def train_once(task, optimizer: str, lr: float, seed: int, settings, progress: b
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=settings.steps, desc=f"{task.name} {optimizer} lr={lr:g} seed={seed}", leave=False)
+        bar = tqdm(
+            total=settings.steps, desc=f"{task.name} {optimizer} lr={lr:g} seed={seed}", leave=False
+        )
     model.train()
     for step in range(1, settings.steps + 1):
         batch = task.sample_batch(generator, settings.batch_size)
@@ -99,14 +131,21 @@ def train_once(task, optimizer: str, lr: float, seed: int, settings, progress: b
             model.eval()
             val_metric, val_loss = task.evaluate(model, "val")
             model.train()
-            curve.append({"step": step, "train_loss": smoothed, "val_metric": val_metric, "val_loss": val_loss})
+            curve.append(
+                {
+                    "step": step,
+                    "train_loss": smoothed,
+                    "val_metric": val_metric,
+                    "val_loss": val_loss,
+                }
+            )
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{smoothed:.3g}")
     if bar is not None:
         bar.close()
     steps_done = step
-    result: Dict[str, Any] = {
+    result: dict[str, Any] = {
         "optimizer": optimizer,
         "lr": lr,
         "seed": seed,
@@ -120,158 +159,423 @@ def train_once(task, optimizer: str, lr: float, seed: int, settings, progress: b
         result.update(val_metric=math.nan, test_metric=math.nan, test_loss=math.nan)
     else:
         model.eval()
-        result["val_metric"] = task.evaluate(model, "val")[0]
+        # The last step is always evaluated on validation: reuse it (evaluation is deterministic).
+        result["val_metric"] = curve[-1]["val_metric"]
         result["test_metric"], result["test_loss"] = task.evaluate(model, "test")
     return result
 
 
-def _better(task, candidate: Dict[str, Any], best: Optional[Dict[str, Any]]) -> bool:
-    if candidate["diverged"] or not math.isfinite(candidate["val_metric"]):
-        return False
-    if best is None:
-        return True
-    if task.higher_is_better:
-        return candidate["val_metric"] > best["val_metric"]
-    return candidate["val_metric"] < best["val_metric"]
+def _grid_ratio(grid: Sequence[float]) -> float:
+    """The geometric step of a log-spaced grid (its mean, if the spacing is uneven)."""
+    low, high = min(grid), max(grid)
+    return (high / low) ** (1.0 / (len(grid) - 1))
+
+
+def select_learning_rate(
+    train: Callable[[float, int], dict[str, Any]],
+    grid: Sequence[float],
+    seeds: Sequence[int],
+    higher_is_better: bool,
+    max_extensions: int = MAX_EXTENSIONS,
+) -> dict[str, Any]:
+    """Choose a learning rate by the mean validation metric over ``seeds``; extend at the edges.
+
+    Args:
+        train: ``train(lr, seed)`` returns a run with ``val_metric`` and ``diverged``.
+        grid: the starting rates (at least one; with one, nothing is extended).
+        seeds: the selection seeds.
+        higher_is_better: direction of the validation metric.
+        max_extensions: most rates added beyond each edge.
+
+    Returns:
+        ``{"lr", "scores", "runs", "grid", "extensions", "at_edge"}``: the chosen rate (``None``
+        when every rate had a diverged run), the score of every rate tried, the runs, the
+        starting grid, the added rates as ``{"lr", "edge"}`` in order, and whether the chosen
+        rate is still the lowest or highest rate tried (only possible once a cap is hit).
+    """
+    if not grid or any(not (isinstance(lr, (int, float)) and lr > 0) for lr in grid):
+        raise ValueError(f"Invalid grid: {list(grid)!r} (must be non-empty positive rates)")
+    if not seeds:
+        raise ValueError(f"Invalid seeds: {list(seeds)!r} (must be non-empty)")
+    scores: dict[float, float | None] = {}
+    runs: list[dict[str, Any]] = []
+
+    def score(lr: float) -> None:
+        mine = [train(lr, seed) for seed in seeds]
+        runs.extend(mine)
+        values = [run["val_metric"] for run in mine]
+        ok = not any(run["diverged"] for run in mine) and all(math.isfinite(v) for v in values)
+        scores[lr] = statistics.fmean(values) if ok else None
+
+    def best() -> float | None:
+        finite = [(value, lr) for lr, value in scores.items() if value is not None]
+        if not finite:
+            return None
+        sign = 1.0 if higher_is_better else -1.0
+        # Ties go to the lower rate (the first in sorted order).
+        return max(sorted(finite, key=lambda item: item[1]), key=lambda item: sign * item[0])[1]
+
+    for lr in sorted(set(float(lr) for lr in grid)):
+        score(lr)
+    extensions: list[dict[str, Any]] = []
+    ratio = _grid_ratio(sorted(scores)) if len(scores) > 1 else None
+    added = {"low": 0, "high": 0}
+    while ratio is not None:
+        chosen, tried = best(), sorted(scores)
+        if chosen is None:
+            break
+        if chosen == tried[0] and added["low"] < max_extensions:
+            edge, lr = "low", float(f"{chosen / ratio:.3g}")
+        elif chosen == tried[-1] and added["high"] < max_extensions:
+            edge, lr = "high", float(f"{chosen * ratio:.3g}")
+        else:
+            break
+        added[edge] += 1
+        extensions.append({"lr": lr, "edge": edge})
+        score(lr)
+    chosen, tried = best(), sorted(scores)
+    return {
+        "lr": chosen,
+        "scores": {lr: scores[lr] for lr in tried},
+        "runs": runs,
+        "grid": sorted(float(lr) for lr in grid),
+        "extensions": extensions,
+        "at_edge": chosen is not None and len(tried) > 1 and chosen in (tried[0], tried[-1]),
+    }
+
+
+def paired_difference(values: Sequence[float], reference: Sequence[float]) -> dict[str, Any]:
+    """Mean and standard error of ``values[i] - reference[i]`` over the pairs where both are finite.
+
+    The standard error is the sample standard deviation of the differences over sqrt(n)
+    (``nan`` with fewer than two pairs).
+    """
+    if len(values) != len(reference):
+        raise ValueError(f"Invalid pairs: {len(values)} values against {len(reference)} references")
+    differences = [
+        a - b for a, b in zip(values, reference) if math.isfinite(a) and math.isfinite(b)
+    ]
+    n = len(differences)
+    mean = statistics.fmean(differences) if n else math.nan
+    error = statistics.stdev(differences) / math.sqrt(n) if n > 1 else math.nan
+    return {"mean": mean, "standard_error": error, "pairs": n}
+
+
+def _late_change(runs: Sequence[dict[str, Any]]) -> float:
+    """Change of the mean validation metric over the last fifth of the budget (flatness check)."""
+    curves = [run["curve"] for run in runs if not run["diverged"] and run["curve"]]
+    if not curves:
+        return math.nan
+    length = min(len(curve) for curve in curves)
+    if length < 2:
+        return math.nan
+    steps = [point["step"] for point in curves[0][:length]]
+    cut = 0.8 * steps[-1]
+    # The last curve point at or before 80% of the budget (the first point if none is).
+    start = max([i for i, step in enumerate(steps) if step <= cut] or [0])
+    means = [
+        statistics.fmean(curve[i]["val_metric"] for curve in curves) for i in (start, length - 1)
+    ]
+    return means[1] - means[0]
 
 
 def run_task(
-    task_name: str,
-    optimizers: Sequence[str] = OPTIMIZERS,
-    seeds: int = 3,
+    task_name,
+    optimizers: Sequence[str] = tuple(OPTIMIZERS),
+    final_seeds: int = 5,
+    selection_seeds: int = 2,
     quick: bool = False,
+    budget: float = 1.0,
     device: str = "cpu",
-    lr_grids: Optional[Dict[str, List[float]]] = None,
-    steps: Optional[int] = None,
-    progress: Optional[bool] = None,
+    lr_grids: dict[str, Sequence[float]] | None = None,
+    steps: int | None = None,
+    max_extensions: int = MAX_EXTENSIONS,
+    progress: bool | None = None,
     log=print,
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     """Run the protocol on one task; return every run and a per-optimizer summary.
 
     Args:
-        task_name: one of ``digits-cnn``, ``digits-vae``, ``char-lm``.
-        optimizers: names from :data:`vsgd_bayes.apps.bench.optimizers.OPTIMIZERS`.
-        seeds: number of seeds (0, 1, ...); seed 0 also runs the learning-rate grid.
-        quick: the task's tiny CI settings and two-point grids.
+        task_name: a key of :data:`~vsgd_bayes.apps.bench.tasks.TASKS`, or a task object.
+        optimizers: keys of :data:`~vsgd_bayes.apps.bench.optimizers.OPTIMIZERS`.
+        final_seeds: seeds of the reported test metric (FINAL_SEED_OFFSET, ...).
+        selection_seeds: seeds of the learning-rate selection (0, 1, ...).
+        quick: the task's tiny CI settings (the protocol is unchanged).
+        budget: factor on the task's steps (see :func:`~vsgd_bayes.apps.bench.budget.scale_budget`).
         device: torch device of the data and the models.
-        lr_grids: overrides of the grids, per optimizer.
-        steps: override of the number of training steps.
+        lr_grids: overrides of the starting grids, per optimizer.
+        steps: override of the number of training steps (after ``budget``).
+        max_extensions: most rates added beyond each edge of a grid.
         progress: tqdm bars (default: only on a terminal, never under CI).
         log: called with one line per finished run (``None``: silent).
 
     Returns:
-        ``{"task", "metric", "higher_is_better", "settings", "runs", "summary"}``.
+        ``{"task", "metric", "higher_is_better", "settings", "protocol", "runs", "summary"}``.
     """
-    if not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"Invalid seeds: {seeds!r} (must be an integer >= 1)")
+    for name, value in (("final_seeds", final_seeds), ("selection_seeds", selection_seeds)):
+        if not isinstance(value, int) or not 1 <= value <= FINAL_SEED_OFFSET:
+            raise ValueError(
+                f"Invalid {name}: {value!r} (must be an integer in [1, {FINAL_SEED_OFFSET}])"
+            )
+    if not isinstance(max_extensions, int) or max_extensions < 0:
+        raise ValueError(f"Invalid max_extensions: {max_extensions!r} (must be an integer >= 0)")
     for name in optimizers:
         check_optimizer_name(name)
-    task = make_task(task_name, device)
-    settings = task.quick_settings if quick else task.settings
+    task = make_task(task_name, device) if isinstance(task_name, str) else task_name
+    settings = scale_budget(task.quick_settings if quick else task.settings, budget)
     if steps is not None:
         if steps < 1:
             raise ValueError(f"Invalid steps: {steps!r} (must be >= 1)")
-        settings = type(settings)(steps=steps, batch_size=settings.batch_size, eval_every=min(settings.eval_every, steps))
-    grids = dict(QUICK_LR_GRIDS if quick else LR_GRIDS)
-    grids.update(lr_grids or {})
+        settings = type(settings)(
+            steps=steps, batch_size=settings.batch_size, eval_every=min(settings.eval_every, steps)
+        )
+    grids = {name: list(OPTIMIZERS[name].lr_grid) for name in optimizers}
+    grids.update({name: list(grid) for name, grid in (lr_grids or {}).items() if name in grids})
+    selection = list(range(selection_seeds))
+    finals = list(range(FINAL_SEED_OFFSET, FINAL_SEED_OFFSET + final_seeds))
     progress = show_progress() if progress is None else progress
-    runs: List[Dict[str, Any]] = []
-    summary: Dict[str, Any] = {}
+    runs: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {}
 
-    def record(run: Dict[str, Any], stage: str) -> None:
-        run["stage"] = stage
-        runs.append(run)
-        if log is not None:
-            log(
-                f"[{task_name}] {LABELS[run['optimizer']]:<13} lr={run['lr']:<7g} seed={run['seed']} "
-                f"{stage:<6} val={run['val_metric']:.4f} test={run['test_metric']:.4f} "
-                f"{run['ms_per_step']:.2f} ms/step{' DIVERGED' if run['diverged'] else ''}"
-            )
+    def train(name: str, stage: str) -> Callable[[float, int], dict[str, Any]]:
+        def run(lr: float, seed: int) -> dict[str, Any]:
+            result = train_once(task, name, lr, seed, settings, progress)
+            result["stage"] = stage
+            runs.append(result)
+            if log is not None:
+                log(
+                    f"[{task.name}] {LABELS[name]:<13} lr={lr:<8g} seed={seed:<4} {stage:<9} "
+                    f"val={result['val_metric']:.4f} test={result['test_metric']:.4f} "
+                    f"{result['ms_per_step']:.2f} ms/step{' DIVERGED' if result['diverged'] else ''}"
+                )
+            return result
+
+        return run
 
     for name in optimizers:
-        best = None
-        for lr in grids[name]:
-            run = train_once(task, name, lr, 0, settings, progress)
-            record(run, "grid")
-            if _better(task, run, best):
-                best = run
-        if best is None:
-            summary[name] = {"lr": None, "diverged": True}
+        chosen = select_learning_rate(
+            train(name, "selection"), grids[name], selection, task.higher_is_better, max_extensions
+        )
+        protocol = {key: chosen[key] for key in ("grid", "extensions", "at_edge")}
+        protocol["scores"] = [
+            {"lr": lr, "val_metric": value} for lr, value in chosen["scores"].items()
+        ]
+        if chosen["lr"] is None:
+            summary[name] = {"lr": None, "diverged": True, **protocol}
             continue
-        chosen = [best] + [train_once(task, name, best["lr"], seed, settings, progress) for seed in range(1, seeds)]
-        for run in chosen[1:]:
-            record(run, "seed")
-        finals = [run["test_metric"] for run in chosen]
-        finite = [value for value in finals if math.isfinite(value)]
+        final_runs = [train(name, "final")(chosen["lr"], seed) for seed in finals]
+        metrics = [run["test_metric"] for run in final_runs]
+        finite = [value for value in metrics if math.isfinite(value)]
         summary[name] = {
-            "lr": best["lr"],
-            "seeds": len(chosen),
-            "diverged_seeds": sum(run["diverged"] for run in chosen),
+            "lr": chosen["lr"],
+            **protocol,
+            "final_seeds": finals,
+            "diverged_seeds": sum(run["diverged"] for run in final_runs),
+            "test_metrics": metrics,
             "test_metric_mean": statistics.fmean(finite) if finite else math.nan,
             # Sample standard deviation over seeds (0 with a single seed).
             "test_metric_std": statistics.stdev(finite) if len(finite) > 1 else 0.0,
-            "test_metrics": finals,
-            "ms_per_step": statistics.fmean(run["ms_per_step"] for run in chosen),
-            "ms_per_optimizer_step": statistics.fmean(run["ms_per_optimizer_step"] for run in chosen),
+            "val_change_last_fifth": _late_change(final_runs),
+            "ms_per_step": statistics.fmean(run["ms_per_step"] for run in final_runs),
+            "ms_per_optimizer_step": statistics.fmean(
+                run["ms_per_optimizer_step"] for run in final_runs
+            ),
         }
+        if hasattr(task, "summarize"):
+            summary[name].update(task.summarize(final_runs))
+    if REFERENCE in summary and summary[REFERENCE].get("lr") is not None:
+        reference = summary[REFERENCE]["test_metrics"]
+        for name, row in summary.items():
+            if name != REFERENCE and row.get("lr") is not None:
+                row["vs_adamw"] = paired_difference(row["test_metrics"], reference)
     return {
-        "task": task_name,
+        "task": task.name,
         "metric": task.metric,
         "higher_is_better": task.higher_is_better,
-        "settings": {"steps": settings.steps, "batch_size": settings.batch_size, "eval_every": settings.eval_every},
-        "lr_grids": {name: grids[name] for name in optimizers},
-        "seeds": seeds,
+        "settings": {
+            "steps": settings.steps,
+            "batch_size": settings.batch_size,
+            "eval_every": settings.eval_every,
+        },
+        "budget": budget,
+        "quick": quick,
+        "protocol": {
+            "selection_seeds": selection,
+            "final_seeds": finals,
+            "max_extensions": max_extensions,
+            "reference": REFERENCE,
+        },
+        "lr_grids": grids,
+        "step_unit": getattr(task, "step_unit", "step"),
+        "train_loss_label": getattr(task, "train_loss_label", "training loss (EMA 0.9)"),
         "device": device,
         "runs": runs,
         "summary": summary,
     }
 
 
-def format_table(results: Sequence[Dict[str, Any]]) -> str:
-    """A Markdown table: task, optimizer, chosen lr, test metric mean ± std, ms per step."""
+def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One task's results run in parts (disjoint optimizers, same settings), as if run at once.
+
+    Every run is seeded on its own, so a part's runs do not depend on the other parts; the
+    paired differences to AdamW are recomputed over the merged summary.
+    """
+    if not parts:
+        raise ValueError("Invalid parts: nothing to merge")
+    keys = ("task", "settings", "protocol", "quick", "budget")
+    for part in parts[1:]:
+        for key in keys:
+            if part.get(key) != parts[0].get(key):
+                raise ValueError(
+                    f"Invalid parts: {key} differs ({part.get(key)!r} vs {parts[0].get(key)!r})"
+                )
+    names = [name for part in parts for name in part["summary"]]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Invalid parts: an optimizer appears twice ({names})")
+    merged = {**parts[0], "runs": [], "summary": {}, "lr_grids": {}}
+    for part in parts:
+        merged["runs"] += part["runs"]
+        merged["lr_grids"].update(part["lr_grids"])
+        merged["summary"].update({name: dict(row) for name, row in part["summary"].items()})
+    # Table order: the registry's.
+    merged["summary"] = {
+        name: merged["summary"][name] for name in OPTIMIZERS if name in merged["summary"]
+    }
+    merged["wall_seconds"] = sum(part.get("wall_seconds", math.nan) for part in parts)
+    for row in merged["summary"].values():
+        row.pop("vs_adamw", None)
+    reference = merged["summary"].get(REFERENCE)
+    if reference is not None and reference.get("lr") is not None:
+        for name, row in merged["summary"].items():
+            if name != REFERENCE and row.get("lr") is not None:
+                row["vs_adamw"] = paired_difference(row["test_metrics"], reference["test_metrics"])
+    return merged
+
+
+def _format_metric(value: float, scale: float) -> str:
+    """Four decimals for metrics below 100 in size (accuracies, perplexities), one above (returns)."""
+    return f"{value:.4f}" if abs(scale) < 100 else f"{value:.1f}"
+
+
+def format_table(results: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table: chosen lr, extensions, final test metric, paired difference to AdamW."""
     lines = [
-        "| task | metric | optimizer | chosen lr | test metric (mean ± std) | seeds | ms / step | ms / optimizer step |",
-        "|---|---|---|---|---|---|---|---|",
+        "| task | metric | optimizer | chosen lr (grid, extensions) | test metric, mean ± std (seeds) "
+        "| − AdamW, paired mean ± SE | val change, last 20 % | ms / step | ms / opt. step | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for result in results:
         arrow = "↑" if result["higher_is_better"] else "↓"
         for name, row in result["summary"].items():
+            grid = f"{min(row['grid']):g}–{max(row['grid']):g}"
+            ext = "".join(f", +{e['lr']:g}" for e in row["extensions"])
+            edge = ", still at edge" if row["at_edge"] else ""
+            head = f"| {result['task']} | {result['metric']} {arrow} | {LABELS[name]} "
             if row.get("lr") is None:
-                lines.append(f"| {result['task']} | {result['metric']} {arrow} | {LABELS[name]} | all diverged | – | – | – | – |")
+                lines.append(head + f"| all diverged ({grid}{ext}) | – | – | – | – | – | – |")
                 continue
-            diverged = f" ({row['diverged_seeds']} diverged)" if row["diverged_seeds"] else ""
+            diverged = f", {row['diverged_seeds']} diverged" if row["diverged_seeds"] else ""
+            paired, mean = row.get("vs_adamw"), row["test_metric_mean"]
+            versus = "–"
+            if paired:
+                sign = "+" if paired["mean"] >= 0 else "−"
+                versus = (
+                    f"{sign}{_format_metric(abs(paired['mean']), mean)} ± "
+                    f"{_format_metric(paired['standard_error'], mean)}"
+                )
             lines.append(
-                f"| {result['task']} | {result['metric']} {arrow} | {LABELS[name]} | {row['lr']:g} | "
-                f"{row['test_metric_mean']:.4f} ± {row['test_metric_std']:.4f}{diverged} | {row['seeds']} | "
-                f"{row['ms_per_step']:.2f} | {row['ms_per_optimizer_step']:.3f} |"
+                head + f"| {row['lr']:g} ({grid}{ext}{edge}) | "
+                f"{_format_metric(mean, mean)} ± {_format_metric(row['test_metric_std'], mean)} "
+                f"({len(row['test_metrics'])}{diverged}) | {versus} | {row['val_change_last_fifth']:+.3g} | "
+                f"{row['ms_per_step']:.2f} | {row['ms_per_optimizer_step']:.3f} | {row.get('note', '')} |"
             )
     return "\n".join(lines)
 
 
-def plot_curves(result: Dict[str, Any], path: str) -> None:
-    """Save the smoothed training loss and the validation metric of the chosen runs (PNG)."""
+def plot_curves(result: dict[str, Any], path: str) -> None:
+    """Save the chosen runs' training loss and validation metric, and the selection scores (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 3.8))
     for name, row in result["summary"].items():
+        points = [(p["lr"], p["val_metric"]) for p in row["scores"] if p["val_metric"] is not None]
+        line = None
+        if points:
+            (line,) = right.plot(*zip(*points), marker="o", label=LABELS[name])
+            added = [(e["lr"], dict(points).get(e["lr"])) for e in row["extensions"]]
+            added = [(lr, value) for lr, value in added if value is not None]
+            if added:
+                right.plot(
+                    *zip(*added),
+                    linestyle="none",
+                    marker="s",
+                    markersize=9,
+                    markerfacecolor="none",
+                    color=line.get_color(),
+                )
         if row.get("lr") is None:
             continue
-        chosen = [run for run in result["runs"] if run["optimizer"] == name and run["lr"] == row["lr"] and not run["diverged"]]
+        chosen = [
+            run
+            for run in result["runs"]
+            if run["optimizer"] == name
+            and run["stage"] == "final"
+            and not run["diverged"]
+            and run["curve"]
+        ]
         if not chosen:
             continue
         length = min(len(run["curve"]) for run in chosen)
         steps = [point["step"] for point in chosen[0]["curve"][:length]]
-        for axis, key in ((left, "train_loss"), (right, "val_metric")):
-            values = torch.tensor([[point[key] for point in run["curve"][:length]] for run in chosen])
-            line, = axis.plot(steps, values.mean(0), label=f"{LABELS[name]} (lr={row['lr']:g})")
-            axis.fill_between(steps, values.min(0).values, values.max(0).values, color=line.get_color(), alpha=0.2)
-    left.set(xlabel="step", ylabel="training loss (EMA 0.9)", title=result["task"])
-    right.set(xlabel="step", ylabel=f"validation {result['metric']}", title="mean over seeds, band: min-max")
-    if result["task"] != "digits-cnn":
+        color = line.get_color() if line is not None else None
+        for axis, key in ((left, "train_loss"), (middle, "val_metric")):
+            values = torch.tensor(
+                [[point[key] for point in run["curve"][:length]] for run in chosen]
+            )
+            axis.plot(
+                steps, values.mean(0), color=color, label=f"{LABELS[name]} (lr={row['lr']:g})"
+            )
+            axis.fill_between(
+                steps, values.min(0).values, values.max(0).values, color=color, alpha=0.2
+            )
+    unit = result.get("step_unit", "step")
+    left.set(
+        xlabel=unit,
+        ylabel=result.get("train_loss_label", "training loss (EMA 0.9)"),
+        title=result["task"],
+    )
+    middle.set(
+        xlabel=unit,
+        ylabel=f"validation {result['metric']}",
+        title="final seeds: mean, band min-max",
+    )
+    right.set(
+        xscale="log",
+        xlabel="learning rate",
+        ylabel=f"validation {result['metric']}",
+        title="selection: mean over seeds (□ extension)",
+    )
+    if result.get("log_loss_axis", True) and all(
+        run["curve"] and min(p["train_loss"] for p in run["curve"]) > 0
+        for run in result["runs"]
+        if run["stage"] == "final" and not run["diverged"]
+    ):
         left.set_yscale("log")
+    scores = [p["val_metric"] for row in result["summary"].values() for p in row["scores"]]
+    scores = [value for value in scores if value is not None]
+    if (
+        scores
+        and not result["higher_is_better"]
+        and min(scores) > 0
+        and max(scores) > 2 * min(scores)
+    ):
+        # A nearly diverged rate (perplexity 1e20) would flatten the others: clip the axis.
+        right.set_ylim(0.95 * min(scores), 2 * min(scores))
+        right.set_title("selection (□ extension), clipped at 2× best")
+    middle.legend(fontsize=8)
     right.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
