@@ -11,8 +11,15 @@ from vsgd_bayes.apps.bench.budget import TaskSettings, scale_budget
 from vsgd_bayes.apps.bench.cartpole import CartPolePG, returns_to_go
 from vsgd_bayes.apps.bench.contrastive import augment, fit_linear_probe, nt_xent
 from vsgd_bayes.apps.bench.optimizers import OPTIMIZERS, make_optimizer
-from vsgd_bayes.apps.bench.tasks import VAE, CharLM, CharTransformer, DigitsCNN, DigitsVAE, make_task, stdlib_text
-
+from vsgd_bayes.apps.bench.tasks import (
+    VAE,
+    CharLM,
+    CharTransformer,
+    DigitsCNN,
+    DigitsVAE,
+    make_task,
+    stdlib_text,
+)
 
 
 def test_digits_splits_are_disjoint_and_fixed():
@@ -60,8 +67,10 @@ def test_vae_negative_elbo_matches_torch_distributions():
     z = mean + log_std.exp() * noise
     logits = model.decoder(z)
     # Continuous Bernoulli-style cross-entropy on grey levels: -[x log p + (1-x) log(1-p)].
-    reconstruction = -(pixels * torch.nn.functional.logsigmoid(logits)
-                       + (1 - pixels) * torch.nn.functional.logsigmoid(-logits)).sum(-1)
+    reconstruction = -(
+        pixels * torch.nn.functional.logsigmoid(logits)
+        + (1 - pixels) * torch.nn.functional.logsigmoid(-logits)
+    ).sum(-1)
     expected = reconstruction + torch.distributions.kl_divergence(posterior, prior).sum(-1)
     # float64, same operations up to reordering: agreement to rounding.
     assert torch.allclose(model.negative_elbo(pixels, noise), expected, rtol=1e-12, atol=1e-10)
@@ -69,8 +78,10 @@ def test_vae_negative_elbo_matches_torch_distributions():
 
 def test_make_optimizer_builds_every_name_and_rejects_others():
     layer = torch.nn.Linear(2, 1)
-    names = [type(make_optimizer(name, layer.parameters(), lr=1e-3)).__name__ for name in OPTIMIZERS]
-    assert names == ["VSGD", "ConstantVSGD", "AdamW", "SGD"]
+    names = [
+        type(make_optimizer(name, layer.parameters(), lr=1e-3)).__name__ for name in OPTIMIZERS
+    ]
+    assert names == ["VSGD", "ConstantVSGD", "KalmanVSGD", "AdamW", "SGD"]
     with pytest.raises(ValueError, match="Invalid optimizer: 'adam'"):
         make_optimizer("adam", layer.parameters(), lr=1e-3)
 
@@ -112,11 +123,24 @@ class FakeTask:
         value = x if self.peak is None else -((x - self.peak) ** 2)
         value += 1e-3 * (seed % 7)  # seeds differ, far less than neighbouring rates do
         diverged = lr > self.diverge_above
-        curve = [{"step": s, "train_loss": 1.0, "val_metric": value * s / 10, "val_loss": 0.0} for s in (5, 10)]
+        curve = [
+            {"step": s, "train_loss": 1.0, "val_metric": value * s / 10, "val_loss": 0.0}
+            for s in (5, 10)
+        ]
         metric = math.nan if diverged else value
-        return {"optimizer": optimizer, "lr": lr, "seed": seed, "steps": 10, "diverged": diverged,
-                "ms_per_step": 2.0, "ms_per_optimizer_step": 1.0, "curve": curve,
-                "val_metric": metric, "test_metric": metric + 0.5 * (optimizer == "vsgd"), "test_loss": 0.0}
+        return {
+            "optimizer": optimizer,
+            "lr": lr,
+            "seed": seed,
+            "steps": 10,
+            "diverged": diverged,
+            "ms_per_step": 2.0,
+            "ms_per_optimizer_step": 1.0,
+            "curve": curve,
+            "val_metric": metric,
+            "test_metric": metric + 0.5 * (optimizer == "vsgd"),
+            "test_loss": 0.0,
+        }
 
 
 GRID = [1e-3, 3.16e-3, 1e-2, 3.16e-2, 1e-1, 3.16e-1]
@@ -124,7 +148,11 @@ GRID = [1e-3, 3.16e-3, 1e-2, 3.16e-2, 1e-1, 3.16e-1]
 
 def _select(task, grid=GRID, max_extensions=4):
     return runner.select_learning_rate(
-        lambda lr, seed: task.run_training("adamw", lr, seed, None), grid, [0, 1], True, max_extensions
+        lambda lr, seed: task.run_training("adamw", lr, seed, None),
+        grid,
+        [0, 1],
+        True,
+        max_extensions,
     )
 
 
@@ -138,7 +166,9 @@ def test_check_of_the_check_a_best_rate_at_the_edge_extends_the_grid_until_insid
     # The metric peaks at 10**-4.2, below the grid: the lowest point wins and must be extended
     # down, point by point, until the best is no longer the lowest tried (1e-4, then 3.16e-5).
     result = _select(FakeTask(peak=-4.2))
-    assert [e["lr"] for e in result["extensions"]] == pytest.approx([3.16e-4, 1e-4, 3.16e-5], rel=1e-2)
+    assert [e["lr"] for e in result["extensions"]] == pytest.approx(
+        [3.16e-4, 1e-4, 3.16e-5], rel=1e-2
+    )
     assert {e["edge"] for e in result["extensions"]} == {"low"}
     assert result["lr"] == pytest.approx(1e-4, rel=1e-2) and not result["at_edge"]
     # The same at the top edge.
@@ -164,9 +194,20 @@ def test_a_rate_with_a_diverged_run_is_never_chosen_and_stops_the_extension():
 
 def test_selection_chooses_by_the_mean_over_seeds():
     # Seed 1 alone would prefer 1e-2 (+0.05 there), the mean over seeds 0 and 1 prefers 1e-3.
-    values = {(1e-3, 0): 1.0, (1e-3, 1): 1.0, (1e-2, 0): 0.9, (1e-2, 1): 1.05, (1e-1, 0): 0.0, (1e-1, 1): 0.0}
+    values = {
+        (1e-3, 0): 1.0,
+        (1e-3, 1): 1.0,
+        (1e-2, 0): 0.9,
+        (1e-2, 1): 1.05,
+        (1e-1, 0): 0.0,
+        (1e-1, 1): 0.0,
+    }
     result = runner.select_learning_rate(
-        lambda lr, seed: {"val_metric": values[lr, seed], "diverged": False}, [1e-3, 1e-2, 1e-1], [0, 1], True, 0
+        lambda lr, seed: {"val_metric": values[lr, seed], "diverged": False},
+        [1e-3, 1e-2, 1e-1],
+        [0, 1],
+        True,
+        0,
     )
     assert result["lr"] == 1e-3 and result["scores"][1e-2] == pytest.approx(0.975)
 
@@ -183,21 +224,32 @@ def test_paired_difference_on_known_numbers():
 
 def test_protocol_final_seeds_are_fresh_and_paired_against_adamw():
     task = FakeTask(peak=-2.0)
-    result = runner.run_task(task, optimizers=["vsgd", "adamw"], log=None, progress=False,
-                             lr_grids={"vsgd": GRID, "adamw": GRID})
+    result = runner.run_task(
+        task,
+        optimizers=["vsgd", "adamw"],
+        log=None,
+        progress=False,
+        lr_grids={"vsgd": GRID, "adamw": GRID},
+    )
     protocol = result["protocol"]
     assert protocol["selection_seeds"] == [0, 1] and len(protocol["final_seeds"]) == 5
     assert not set(protocol["selection_seeds"]) & set(protocol["final_seeds"])
     for name in ("vsgd", "adamw"):
         row = result["summary"][name]
-        selection = {r["seed"] for r in result["runs"] if r["optimizer"] == name and r["stage"] == "selection"}
+        selection = {
+            r["seed"]
+            for r in result["runs"]
+            if r["optimizer"] == name and r["stage"] == "selection"
+        }
         final = [r for r in result["runs"] if r["optimizer"] == name and r["stage"] == "final"]
         assert selection == {0, 1} and [r["seed"] for r in final] == protocol["final_seeds"]
         assert row["lr"] == 1e-2 and all(r["lr"] == 1e-2 for r in final)
         assert row["test_metrics"] == [r["test_metric"] for r in final]
     # The fake task's VSGD is 0.5 better on every seed: paired difference exactly 0.5, SE 0.
     paired = result["summary"]["vsgd"]["vs_adamw"]
-    assert paired["mean"] == pytest.approx(0.5) and paired["standard_error"] == pytest.approx(0.0, abs=1e-12)
+    assert paired["mean"] == pytest.approx(0.5) and paired["standard_error"] == pytest.approx(
+        0.0, abs=1e-12
+    )
     assert "vs_adamw" not in result["summary"]["adamw"]
     # Each curve goes from value / 2 (step 5) to value (step 10), value = 1e-3 * (seed % 7) at
     # the peak; the final seeds 1000..1004 give seed % 7 = 6, 0, 1, 2, 3: mean value 2.4e-3.
@@ -207,8 +259,13 @@ def test_protocol_final_seeds_are_fresh_and_paired_against_adamw():
 
 def test_results_run_in_parts_merge_into_the_joint_run():
     def run(names):
-        return runner.run_task(FakeTask(peak=-2.0), optimizers=names, log=None, progress=False,
-                               lr_grids={name: GRID for name in names})
+        return runner.run_task(
+            FakeTask(peak=-2.0),
+            optimizers=names,
+            log=None,
+            progress=False,
+            lr_grids={name: GRID for name in names},
+        )
 
     joint = run(["vsgd", "adamw"])
     merged = runner.merge_results([run(["adamw"]), run(["vsgd"])])
@@ -230,7 +287,11 @@ def test_budget_scales_steps_and_evaluation_together():
 def test_huge_learning_rate_is_reported_as_diverged():
     task = make_task("digits-vae")
     run = runner.train_once(task, "sgd", 1e6, 0, DigitsVAE.quick_settings)
-    assert run["diverged"] and math.isnan(run["test_metric"]) and run["steps"] < DigitsVAE.quick_settings.steps
+    assert (
+        run["diverged"]
+        and math.isnan(run["test_metric"])
+        and run["steps"] < DigitsVAE.quick_settings.steps
+    )
 
 
 def test_returns_to_go_on_known_numbers():
@@ -249,7 +310,9 @@ def test_nt_xent_matches_a_direct_loop():
         total += -float(unit[i] @ unit[positive]) / 0.5 + math.log(sum(math.exp(v) for v in logits))
     assert nt_xent(z, temperature=0.5).item() == pytest.approx(total / 6, rel=1e-12)  # float64
     # Check of the check: pairing the wrong rows gives a different loss.
-    assert nt_xent(z[[0, 1, 2, 4, 3, 5]], temperature=0.5).item() != pytest.approx(total / 6, rel=1e-6)
+    assert nt_xent(z[[0, 1, 2, 4, 3, 5]], temperature=0.5).item() != pytest.approx(
+        total / 6, rel=1e-6
+    )
 
 
 def test_linear_probe_matches_scikit_learn():
@@ -260,7 +323,9 @@ def test_linear_probe_matches_scikit_learn():
     labels = torch.arange(60) % 3
     features[:, 0] += labels  # informative but not separable
     weight, bias = fit_linear_probe(features, labels, classes=3, inverse_regularisation=0.5)
-    reference = LogisticRegression(C=0.5, tol=1e-12, max_iter=10_000).fit(features.numpy(), labels.numpy())
+    reference = LogisticRegression(C=0.5, tol=1e-12, max_iter=10_000).fit(
+        features.numpy(), labels.numpy()
+    )
     # Same strictly convex objective, both solved to tight tolerances: the minimisers agree.
     ours = torch.softmax(features @ weight + bias, 1).numpy()
     assert abs(ours - reference.predict_proba(features.numpy())).max() < 1e-6
@@ -285,15 +350,33 @@ def test_cartpole_agent_is_reproducible_and_learns():
     # A uniformly random policy lasts ~22 steps on CartPole; 4000 steps of learning beat it.
     assert a["val_metric"] > 30 and a["steps_to_solved"] is None
     assert CartPolePG.summarize([a, b])["note"] == "475 reached 0/2 (not reached)"
-    solved = CartPolePG.summarize([{"steps_to_solved": 10}, {"steps_to_solved": 30}, {"steps_to_solved": None}])
+    solved = CartPolePG.summarize(
+        [{"steps_to_solved": 10}, {"steps_to_solved": 30}, {"steps_to_solved": None}]
+    )
     assert solved["note"] == "475 reached 2/3, median 20 steps"
 
 
 @pytest.mark.parametrize("task", ["cartpole-pg", "digits-contrastive"])
 def test_new_tasks_quick_cli_run(task, tmp_path, capsys):
     out = tmp_path / "out"
-    assert cli.main([task, "--quick", "--selection-seeds", "1", "--seeds", "2", "--optimizers", "vsgd,adamw",
-                     "--out", str(out), "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                task,
+                "--quick",
+                "--selection-seeds",
+                "1",
+                "--seeds",
+                "2",
+                "--optimizers",
+                "vsgd,adamw",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     report = json.loads((out / "results.json").read_text())
     result = report["results"][0]
@@ -309,8 +392,28 @@ def test_new_tasks_quick_cli_run(task, tmp_path, capsys):
 
 def test_cli_writes_table_json_and_curves(tmp_path, capsys):
     out, path = tmp_path / "out", tmp_path / "r.json"
-    assert cli.main(["digits-vae", "--quick", "--selection-seeds", "1", "--seeds", "1", "--optimizers", "adamw,sgd",
-                     "--steps", "20", "--out", str(out), "--json", str(path), "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "digits-vae",
+                "--quick",
+                "--selection-seeds",
+                "1",
+                "--seeds",
+                "1",
+                "--optimizers",
+                "adamw,sgd",
+                "--steps",
+                "20",
+                "--out",
+                str(out),
+                "--json",
+                str(path),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "| digits-vae | neg_elbo ↓ | AdamW |" in printed
     report = json.loads(path.read_text())
@@ -320,14 +423,17 @@ def test_cli_writes_table_json_and_curves(tmp_path, capsys):
     assert json.loads((out / "results.json").read_text())["table"] == report["table"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["digits-cnn", "--optimizers", "adam"], "Invalid --optimizers: 'adam'"),
-    (["digits-cnn", "--seeds", "0"], "Invalid --seeds: 0"),
-    (["digits-cnn", "--selection-seeds", "0"], "Invalid --selection-seeds: 0"),
-    (["digits-cnn", "--budget", "0"], "Invalid --budget: 0.0"),
-    (["digits-cnn", "--max-extensions", "-1"], "Invalid --max-extensions: -1"),
-    (["mnist"], "invalid choice: 'mnist'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["digits-cnn", "--optimizers", "adam"], "Invalid --optimizers: 'adam'"),
+        (["digits-cnn", "--seeds", "0"], "Invalid --seeds: 0"),
+        (["digits-cnn", "--selection-seeds", "0"], "Invalid --selection-seeds: 0"),
+        (["digits-cnn", "--budget", "0"], "Invalid --budget: 0.0"),
+        (["digits-cnn", "--max-extensions", "-1"], "Invalid --max-extensions: -1"),
+        (["mnist"], "invalid choice: 'mnist'"),
+    ],
+)
 def test_cli_rejects_bad_arguments(args, message, capsys):
     with pytest.raises(SystemExit):
         cli.main(args)

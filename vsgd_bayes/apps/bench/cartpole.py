@@ -74,7 +74,8 @@ class PolicyAndBaseline(nn.Module):
 
 
 class CartPolePG:
-    """Policy gradient on CartPole-v1; metric: mean return of the last 100 episodes (higher is better)."""
+    """Policy gradient on CartPole-v1; metric: mean return of the last 100 episodes (higher is
+    better)."""
 
     name = "cartpole-pg"
     metric = "mean_return_100"
@@ -202,7 +203,8 @@ class CartPolePG:
         env_steps: int,
         budget: int,
     ) -> tuple[dict[str, Any], int]:
-        """Run one episode in every environment (in lock step) until all end or the budget is spent."""
+        """Run one episode in every environment (in lock step) until all end or the budget is
+        spent."""
         observations = [env.reset()[0] for env in envs]
         alive = list(range(len(envs)))
         states: list[list[np.ndarray]] = [[] for _ in envs]

@@ -134,7 +134,8 @@ class DigitsContrastive:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str) -> tuple[float, float]:
-        """Linear-probe (accuracy, cross-entropy) on ``split``, the probe fitted on the labelled images."""
+        """Linear-probe (accuracy, cross-entropy) on ``split``; the probe is fitted on the
+        labelled images."""
         train_images, train_labels = self.probe_data
         images, labels = self.data[split]
         train_features, features = model(train_images).double(), model(images).double()

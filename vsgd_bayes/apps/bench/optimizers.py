@@ -4,10 +4,10 @@ A row (:class:`OptimizerSpec`) gives the optimizer's label in tables and plots, 
 that builds it, and the learning-rate grid the protocol starts from. To add an optimizer,
 append one row; every task, the CLI's ``--optimizers`` and the tables pick it up.
 
-``VSGD`` and ``ConstantVSGD`` come from :mod:`vsgd_bayes.torch` (imported only when built, so
-that the baselines run without it); the baselines are torch's ``AdamW`` and ``SGD`` with
-heavy-ball momentum 0.9. Every optimizer takes the same ``weight_decay`` (decoupled for VSGD,
-ConstantVSGD and AdamW, L2 for SGD, as each is usually run).
+``VSGD``, ``ConstantVSGD`` and ``KalmanVSGD`` come from :mod:`vsgd_bayes.torch` (imported only
+when built, so that the baselines run without it); the baselines are torch's ``AdamW`` and
+``SGD`` with heavy-ball momentum 0.9. Every optimizer takes the same ``weight_decay``
+(decoupled for the VSGD family and AdamW, L2 for SGD, as each is usually run).
 
 Example:
     >>> import torch
@@ -78,6 +78,14 @@ def _constant_vsgd(
     return ConstantVSGD(params, lr=lr, weight_decay=weight_decay, **options)
 
 
+def _kalman_vsgd(
+    params: Iterable[Any], lr: float, weight_decay: float, **options: Any
+) -> torch.optim.Optimizer:
+    from vsgd_bayes.torch import KalmanVSGD
+
+    return KalmanVSGD(params, lr=lr, weight_decay=weight_decay, **options)
+
+
 def _adamw(
     params: Iterable[Any], lr: float, weight_decay: float, **options: Any
 ) -> torch.optim.Optimizer:
@@ -99,6 +107,8 @@ def _sgd(
 OPTIMIZERS: dict[str, OptimizerSpec] = {
     "vsgd": OptimizerSpec("VSGD", _vsgd, log_grid(1e-3)),
     "constant-vsgd": OptimizerSpec("ConstantVSGD", _constant_vsgd, log_grid(1e-3)),
+    # Kalman VSGD takes VSGD's step (|step| < lr) with another inference: VSGD's grid.
+    "kalman-vsgd": OptimizerSpec("KalmanVSGD", _kalman_vsgd, log_grid(1e-3)),
     "adamw": OptimizerSpec("AdamW", _adamw, log_grid(1e-4)),
     "sgd": OptimizerSpec("SGD-momentum", _sgd, log_grid(1e-3)),
 }

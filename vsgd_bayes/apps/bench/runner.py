@@ -346,7 +346,8 @@ def run_task(
                 log(
                     f"[{task.name}] {LABELS[name]:<13} lr={lr:<8g} seed={seed:<4} {stage:<9} "
                     f"val={result['val_metric']:.4f} test={result['test_metric']:.4f} "
-                    f"{result['ms_per_step']:.2f} ms/step{' DIVERGED' if result['diverged'] else ''}"
+                    f"{result['ms_per_step']:.2f} ms/step"
+                    f"{' DIVERGED' if result['diverged'] else ''}"
                 )
             return result
 
@@ -453,15 +454,17 @@ def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _format_metric(value: float, scale: float) -> str:
-    """Four decimals for metrics below 100 in size (accuracies, perplexities), one above (returns)."""
+    """Four decimals for metrics below 100 in size (accuracies, perplexities), one above
+    (returns)."""
     return f"{value:.4f}" if abs(scale) < 100 else f"{value:.1f}"
 
 
 def format_table(results: Sequence[dict[str, Any]]) -> str:
     """A Markdown table: chosen lr, extensions, final test metric, paired difference to AdamW."""
     lines = [
-        "| task | metric | optimizer | chosen lr (grid, extensions) | test metric, mean ± std (seeds) "
-        "| − AdamW, paired mean ± SE | val change, last 20 % | ms / step | ms / opt. step | notes |",
+        "| task | metric | optimizer | chosen lr (grid, extensions) "
+        "| test metric, mean ± std (seeds) | − AdamW, paired mean ± SE "
+        "| val change, last 20 % | ms / step | ms / opt. step | notes |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for result in results:
@@ -486,8 +489,9 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
             lines.append(
                 head + f"| {row['lr']:g} ({grid}{ext}{edge}) | "
                 f"{_format_metric(mean, mean)} ± {_format_metric(row['test_metric_std'], mean)} "
-                f"({len(row['test_metrics'])}{diverged}) | {versus} | {row['val_change_last_fifth']:+.3g} | "
-                f"{row['ms_per_step']:.2f} | {row['ms_per_optimizer_step']:.3f} | {row.get('note', '')} |"
+                f"({len(row['test_metrics'])}{diverged}) | {versus} | "
+                f"{row['val_change_last_fifth']:+.3g} | {row['ms_per_step']:.2f} | "
+                f"{row['ms_per_optimizer_step']:.3f} | {row.get('note', '')} |"
             )
     return "\n".join(lines)
 

@@ -34,7 +34,6 @@ import importlib
 import inspect
 import math
 import warnings
-from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -49,7 +48,7 @@ __all__ = ["TASKS", "TaskSettings", "make_task", "DigitsCNN", "DigitsVAE", "Char
 SPLIT_SEED = 0
 
 
-def _digits_splits(device: torch.device) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
+def _digits_splits(device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -108,7 +107,7 @@ class DigitsCNN:
     def build_model(self) -> nn.Module:
         return SmallCNN().to(self.device)
 
-    def sample_batch(self, generator: torch.Generator, batch_size: int) -> Tuple[torch.Tensor, ...]:
+    def sample_batch(self, generator: torch.Generator, batch_size: int) -> tuple[torch.Tensor, ...]:
         images, labels = self.data["train"]
         index = torch.randint(len(labels), (batch_size,), generator=generator).to(self.device)
         return images[index], labels[index]
@@ -118,7 +117,7 @@ class DigitsCNN:
         return F.cross_entropy(model(images), labels)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: str) -> Tuple[float, float]:
+    def evaluate(self, model: nn.Module, split: str) -> tuple[float, float]:
         images, labels = self.data[split]
         logits = model(images)
         accuracy = (logits.argmax(dim=1) == labels).double().mean().item()
@@ -131,15 +130,21 @@ class VAE(nn.Module):
     def __init__(self, pixels: int = 64, hidden: int = 128, latent: int = 8) -> None:
         super().__init__()
         self.latent = latent
-        self.encoder = nn.Sequential(nn.Linear(pixels, hidden), nn.Tanh(), nn.Linear(hidden, 2 * latent))
-        self.decoder = nn.Sequential(nn.Linear(latent, hidden), nn.Tanh(), nn.Linear(hidden, pixels))
+        self.encoder = nn.Sequential(
+            nn.Linear(pixels, hidden), nn.Tanh(), nn.Linear(hidden, 2 * latent)
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(latent, hidden), nn.Tanh(), nn.Linear(hidden, pixels)
+        )
 
     def negative_elbo(self, pixels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """-ELBO per image, one reparameterised sample z = m + s * noise per image."""
         mean, log_std = self.encoder(pixels).chunk(2, dim=-1)
         z = mean + log_std.exp() * noise
         logits = self.decoder(z)
-        reconstruction = F.binary_cross_entropy_with_logits(logits, pixels, reduction="none").sum(-1)
+        reconstruction = F.binary_cross_entropy_with_logits(logits, pixels, reduction="none").sum(
+            -1
+        )
         # KL( N(m, s^2) || N(0, 1) ) in closed form.
         kl = 0.5 * (mean.pow(2) + (2 * log_std).exp() - 1.0 - 2 * log_std).sum(-1)
         return reconstruction + kl
@@ -165,7 +170,7 @@ class DigitsVAE:
     def build_model(self) -> nn.Module:
         return VAE().to(self.device)
 
-    def sample_batch(self, generator: torch.Generator, batch_size: int) -> Tuple[torch.Tensor, ...]:
+    def sample_batch(self, generator: torch.Generator, batch_size: int) -> tuple[torch.Tensor, ...]:
         pixels = self.data["train"]
         index = torch.randint(len(pixels), (batch_size,), generator=generator).to(self.device)
         return (pixels[index],)
@@ -176,7 +181,7 @@ class DigitsVAE:
         return model.negative_elbo(pixels, noise).mean()
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: str) -> Tuple[float, float]:
+    def evaluate(self, model: nn.Module, split: str) -> tuple[float, float]:
         pixels = self.data[split]
         generator = torch.Generator().manual_seed(SPLIT_SEED)
         total = 0.0
@@ -188,24 +193,67 @@ class DigitsVAE:
 
 
 #: Standard-library modules whose docstrings make the char-lm corpus (fixed order).
-STDLIB_MODULES: Tuple[str, ...] = (
-    "argparse", "ast", "asyncio", "base64", "bisect", "calendar", "collections", "contextlib",
-    "csv", "dataclasses", "datetime", "decimal", "difflib", "email", "enum", "fractions",
-    "functools", "glob", "gzip", "hashlib", "heapq", "http.client", "inspect", "io",
-    "ipaddress", "itertools", "json", "logging", "math", "operator", "os", "pathlib",
-    "pickle", "pprint", "random", "re", "shutil", "socket", "statistics", "string",
-    "subprocess", "tarfile", "tempfile", "textwrap", "threading", "typing", "unittest",
-    "urllib.parse", "uuid", "zipfile",
+STDLIB_MODULES: tuple[str, ...] = (
+    "argparse",
+    "ast",
+    "asyncio",
+    "base64",
+    "bisect",
+    "calendar",
+    "collections",
+    "contextlib",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "difflib",
+    "email",
+    "enum",
+    "fractions",
+    "functools",
+    "glob",
+    "gzip",
+    "hashlib",
+    "heapq",
+    "http.client",
+    "inspect",
+    "io",
+    "ipaddress",
+    "itertools",
+    "json",
+    "logging",
+    "math",
+    "operator",
+    "os",
+    "pathlib",
+    "pickle",
+    "pprint",
+    "random",
+    "re",
+    "shutil",
+    "socket",
+    "statistics",
+    "string",
+    "subprocess",
+    "tarfile",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "typing",
+    "unittest",
+    "urllib.parse",
+    "uuid",
+    "zipfile",
 )
 
 
-def stdlib_text(modules: Tuple[str, ...] = STDLIB_MODULES, max_chars: int = 400_000) -> str:
+def stdlib_text(modules: tuple[str, ...] = STDLIB_MODULES, max_chars: int = 400_000) -> str:
     """The docstrings of ``modules`` and of their public members, in a fixed order.
 
     Members are visited in sorted name order and only those defined in the module itself are
     kept (re-exports would repeat text); the result depends only on the Python version.
     """
-    pieces: List[str] = []
+    pieces: list[str] = []
     with warnings.catch_warnings():
         # Touching deprecated members (e.g. typing.io) warns; reading their docstrings is harmless.
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -232,7 +280,9 @@ class CausalSelfAttentionBlock(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
         self.norm2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+        self.mlp = nn.Sequential(
+            nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
@@ -247,7 +297,9 @@ class CausalSelfAttentionBlock(nn.Module):
 class CharTransformer(nn.Module):
     """Token + learned position embeddings, causal blocks, final LayerNorm, linear read-out."""
 
-    def __init__(self, vocabulary: int, context: int = 64, width: int = 64, heads: int = 4, depth: int = 2) -> None:
+    def __init__(
+        self, vocabulary: int, context: int = 64, width: int = 64, heads: int = 4, depth: int = 2
+    ) -> None:
         super().__init__()
         self.token = nn.Embedding(vocabulary, width)
         self.position = nn.Embedding(context, width)
@@ -291,7 +343,7 @@ class CharLM:
     def build_model(self) -> nn.Module:
         return CharTransformer(len(self.vocabulary), context=self.context).to(self.device)
 
-    def sample_batch(self, generator: torch.Generator, batch_size: int) -> Tuple[torch.Tensor, ...]:
+    def sample_batch(self, generator: torch.Generator, batch_size: int) -> tuple[torch.Tensor, ...]:
         tokens = self.data["train"]
         starts = torch.randint(len(tokens) - self.context - 1, (batch_size, 1), generator=generator)
         index = (starts + torch.arange(self.context + 1)).to(self.device)
@@ -303,7 +355,7 @@ class CharLM:
         return F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: str) -> Tuple[float, float]:
+    def evaluate(self, model: nn.Module, split: str) -> tuple[float, float]:
         tokens = self.data[split]
         count = min((len(tokens) - 1) // self.context, self.max_eval_windows)
         inputs = tokens[: count * self.context].view(count, self.context)
