@@ -35,7 +35,7 @@ import numpy as np
 import scipy.optimize
 
 from vsgd_bayes import kalman_rule
-from vsgd_bayes.validation import CheckResult
+from vsgd_bayes.validation import CheckResult, checked_run_arguments
 
 __all__ = ["KalmanUpdates", "run_checks", "CHECKS", "TOLERANCES"]
 
@@ -292,14 +292,7 @@ def run_checks(
         updates: functions under test (default: the rule's); a test hook.
         only: names among :data:`CHECKS`.
     """
-    if isinstance(cases, bool) or not isinstance(cases, int) or cases < 1:
-        raise ValueError(f"Invalid cases: {cases!r} (must be a positive integer)")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"Invalid seed: {seed!r} (must be a non-negative integer)")
-    names = list(CHECKS if only is None else only)
-    unknown = [name for name in names if name not in CHECKS]
-    if unknown:
-        raise ValueError(f"Invalid only: {unknown!r} (must be among {CHECKS})")
+    names = checked_run_arguments(seed, cases, only, CHECKS)
     updates = KalmanUpdates() if updates is None else updates
     with jax.enable_x64(True):
         runners = {

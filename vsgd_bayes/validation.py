@@ -679,6 +679,25 @@ CHECKS = (
 )
 
 
+def checked_run_arguments(
+    seed: int, cases: int, only: list[str] | None, checks: tuple[str, ...]
+) -> list[str]:
+    """The names of the checks to run, after validating ``run_checks``'s arguments.
+
+    Raises ``ValueError`` naming the argument and the value: ``cases`` must be a positive
+    integer, ``seed`` a non-negative integer, ``only`` names among ``checks``.
+    """
+    if isinstance(cases, bool) or not isinstance(cases, int) or cases < 1:
+        raise ValueError(f"Invalid cases: {cases!r} (must be a positive integer)")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"Invalid seed: {seed!r} (must be a non-negative integer)")
+    names = list(checks if only is None else only)
+    unknown = [name for name in names if name not in checks]
+    if unknown:
+        raise ValueError(f"Invalid only: {unknown!r} (must be among {checks})")
+    return names
+
+
 def run_checks(
     seed: int = 0,
     cases: int = 50,
@@ -697,14 +716,7 @@ def run_checks(
     Returns:
         One :class:`CheckResult` per check, in the order of :data:`CHECKS`.
     """
-    if isinstance(cases, bool) or not isinstance(cases, int) or cases < 1:
-        raise ValueError(f"Invalid cases: {cases!r} (must be a positive integer)")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"Invalid seed: {seed!r} (must be a non-negative integer)")
-    names = list(CHECKS if only is None else only)
-    unknown = [name for name in names if name not in CHECKS]
-    if unknown:
-        raise ValueError(f"Invalid only: {unknown!r} (must be among {CHECKS})")
+    names = checked_run_arguments(seed, cases, only, CHECKS)
     updates = Updates() if updates is None else updates
     # The checks are float64 checks. 64-bit JAX is switched on for their duration only:
     # importing this module leaves the process's numerics as they were.
