@@ -26,8 +26,8 @@ from vsgd_bayes.torch import VSGD, ConstantVSGD
 #: operation, so 1e-12 relative to each array's largest value leaves a wide margin.
 RULE_RELATIVE_TOLERANCE = 1e-12
 
-#: Fast paths vs single-tensor (the brief's budget): float64 1e-12 (rounding of a differently
-#: ordered but equal algebraic form); float32 1e-5 (~100 float32 roundings of 6e-8).
+#: Fast paths vs single-tensor: float64 1e-12 (rounding of a differently ordered but equal
+#: algebraic form); float32 1e-5 (~100 float32 roundings of 6e-8).
 FAST_PATH_RELATIVE_TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5}
 
 STREAMS_PER_INIT = 12  # 24 random streams in all, each with its own hyperparameters
