@@ -22,6 +22,7 @@ __all__ = [
     "as_float",
     "increment_steps",
     "default_foreach",
+    "step_in_state_dtype_",
 ]
 
 
@@ -110,3 +111,17 @@ def default_foreach(params: list[Tensor]) -> bool:
         return False
     supported = _foreach_supported_types()
     return all(type(p) in supported for p in params)
+
+
+def step_in_state_dtype_(param: Tensor, dtype: torch.dtype, step_: Any) -> None:
+    """Apply the in-place ``step_(tensor)`` to ``param`` in the state dtype ``dtype``.
+
+    In place when the dtypes agree; for 16-bit parameters on a copy in the state dtype, rounded
+    back once, so the step's arithmetic never happens in 16 bits.
+    """
+    if param.dtype == dtype:
+        step_(param)
+    else:
+        param_in_state_dtype = param.to(dtype)
+        step_(param_in_state_dtype)
+        param.copy_(param_in_state_dtype)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from vsgd_bayes import hyperparameters as hp
+from vsgd_bayes.torch._common import step_in_state_dtype_
 from vsgd_bayes.torch._single_tensor import parameter_step_, svi_blend_
 
 __all__ = ["single_tensor_constant_vsgd", "constant_step_scalars"]
@@ -118,11 +119,8 @@ def single_tensor_constant_vsgd(
         svi_blend_(rate, rate_target, step_size)  # [svi-blend]
         gradient_mean.copy_(new_gradient_mean)
         # [parameter-step], VSGD's
-        if param.dtype == dtype:
-            parameter_step_(param, gradient_mean, gradient_variance, lr, weight_decay, eps)
-        else:  # 16-bit parameters: step a float32 copy, round once
-            param_in_state_dtype = param.to(dtype)
-            parameter_step_(
-                param_in_state_dtype, gradient_mean, gradient_variance, lr, weight_decay, eps
-            )
-            param.copy_(param_in_state_dtype)
+        step_in_state_dtype_(
+            param,
+            dtype,
+            lambda p: parameter_step_(p, gradient_mean, gradient_variance, lr, weight_decay, eps),
+        )

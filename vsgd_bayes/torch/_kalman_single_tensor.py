@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from vsgd_bayes import hyperparameters as hp
+from vsgd_bayes.torch._common import step_in_state_dtype_
 
 __all__ = ["single_tensor_kalman_vsgd", "kalman_step_scalars"]
 
@@ -120,9 +121,8 @@ def single_tensor_kalman_vsgd(
         sensitivity.copy_(complement * sensitivity + innovation)  # [kalman-sensitivity]
         variance.add_(weight * (innovation**2 - variance))  # [kalman-innovation-variance]
         gradient_variance = variance * complement * gain  # [kalman-variances]
-        if param.dtype == dtype:
-            parameter_step_(param, mean, gradient_variance, lr, weight_decay, eps)
-        else:  # 16-bit parameters: step a float32 copy, round once
-            param_in_state_dtype = param.to(dtype)
-            parameter_step_(param_in_state_dtype, mean, gradient_variance, lr, weight_decay, eps)
-            param.copy_(param_in_state_dtype)
+        step_in_state_dtype_(
+            param,
+            dtype,
+            lambda p: parameter_step_(p, mean, gradient_variance, lr, weight_decay, eps),
+        )

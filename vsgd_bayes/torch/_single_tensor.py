@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from vsgd_bayes import hyperparameters as hp
+from vsgd_bayes.torch._common import step_in_state_dtype_
 
 __all__ = ["single_tensor_vsgd", "step_scalars"]
 
@@ -169,11 +170,8 @@ def single_tensor_vsgd(
         svi_blend_(noise_rate, noise_rate_target, noise_step_size)
         gradient_mean.copy_(new_gradient_mean)
 
-        if param.dtype == dtype:
-            parameter_step_(param, gradient_mean, gradient_variance, lr, weight_decay, eps)
-        else:  # 16-bit parameters: step a float32 copy, round once
-            param_in_state_dtype = param.to(dtype)
-            parameter_step_(
-                param_in_state_dtype, gradient_mean, gradient_variance, lr, weight_decay, eps
-            )
-            param.copy_(param_in_state_dtype)
+        step_in_state_dtype_(
+            param,
+            dtype,
+            lambda p: parameter_step_(p, gradient_mean, gradient_variance, lr, weight_decay, eps),
+        )
