@@ -198,7 +198,9 @@ def scale_by_vsgd(
 
     def init_fn(params):
         leaf_states = jax.tree.map(init_leaf, params)
-        return _transpose(leaf_states, jax.tree.structure(params))
+        return _transpose(
+            leaf_states, jax.tree.structure(params), rule.VSGDState, ScaleByVSGDState
+        )
 
     def update_leaf(gradient, step, gradient_mean, drift_rate, noise_rate):
         leaf_state = rule.VSGDState(step, gradient_mean, drift_rate, noise_rate)
@@ -229,28 +231,32 @@ def scale_by_vsgd(
             state.noise_rate,
             is_leaf=lambda x: x is None,
         )
-        is_pair = lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(
-            x[1], rule.VSGDState
-        )
-        new_updates = jax.tree.map(lambda pair: pair[0], pairs, is_leaf=is_pair)
-        leaf_states = jax.tree.map(lambda pair: pair[1], pairs, is_leaf=is_pair)
-        structure = jax.tree.structure(updates, is_leaf=lambda x: x is None)
-        return new_updates, _transpose(leaf_states, structure)
+        return _unzip_updates(pairs, updates, rule.VSGDState, ScaleByVSGDState)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _transpose(leaf_states, structure) -> ScaleByVSGDState:
-    """A tree of per-leaf ``VSGDState`` -> one ``ScaleByVSGDState`` of trees of ``structure``."""
-    is_leaf_state = lambda x: isinstance(x, rule.VSGDState)
-    fields = {}
-    for name in rule.VSGDState._fields:
-        leaves = [
-            getattr(leaf_state, name)
-            for leaf_state in jax.tree.leaves(leaf_states, is_leaf=is_leaf_state)
-        ]
-        fields[name] = jax.tree.unflatten(structure, leaves)
-    return ScaleByVSGDState(**fields)
+def _transpose(leaf_states, structure, leaf_type: type, state_type: type):
+    """A tree of per-leaf states (``leaf_type``, e.g. ``rule.VSGDState``) -> one ``state_type``
+    (e.g. ``ScaleByVSGDState``, with the same field names) holding a tree of ``structure`` per
+    field."""
+    is_leaf_state = lambda x: isinstance(x, leaf_type)
+    leaves = jax.tree.leaves(leaf_states, is_leaf=is_leaf_state)
+    return state_type(**{
+        name: jax.tree.unflatten(structure, [getattr(leaf, name) for leaf in leaves])
+        for name in leaf_type._fields
+    })
+
+
+def _unzip_updates(pairs, updates, leaf_type: type, state_type: type):
+    """The tree of ``(update, leaf state)`` pairs returned per leaf -> ``(updates, state)``:
+    the updates with the structure of ``updates`` (None leaves kept) and the leaf states
+    transposed into one ``state_type``."""
+    is_pair = lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], leaf_type)
+    new_updates = jax.tree.map(lambda pair: pair[0], pairs, is_leaf=is_pair)
+    leaf_states = jax.tree.map(lambda pair: pair[1], pairs, is_leaf=is_pair)
+    structure = jax.tree.structure(updates, is_leaf=lambda x: x is None)
+    return new_updates, _transpose(leaf_states, structure, leaf_type, state_type)
 
 
 def vsgd(

@@ -26,7 +26,14 @@ import optax
 
 from vsgd_bayes import hyperparameters as hp
 from vsgd_bayes import kalman_rule
-from vsgd_bayes.optax import _as_real, _from_real, _place_like, _validate
+from vsgd_bayes.optax import (
+    _as_real,
+    _from_real,
+    _place_like,
+    _transpose,
+    _unzip_updates,
+    _validate,
+)
 
 __all__ = ["ScaleByKalmanVSGDState", "scale_by_kalman_vsgd", "kalman_vsgd"]
 
@@ -92,7 +99,12 @@ def scale_by_kalman_vsgd(
         })
 
     def init_fn(params):
-        return _transpose(jax.tree.map(init_leaf, params), jax.tree.structure(params))
+        return _transpose(
+            jax.tree.map(init_leaf, params),
+            jax.tree.structure(params),
+            kalman_rule.KalmanVSGDState,
+            ScaleByKalmanVSGDState,
+        )
 
     def update_leaf(gradient, *fields):
         leaf_state = kalman_rule.KalmanVSGDState(*fields)
@@ -113,25 +125,11 @@ def scale_by_kalman_vsgd(
     def update_fn(updates, state, params=None):
         del params  # the direction does not depend on the parameters
         pairs = jax.tree.map(update_leaf, updates, *state, is_leaf=lambda x: x is None)
-        is_pair = lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(
-            x[1], kalman_rule.KalmanVSGDState
+        return _unzip_updates(
+            pairs, updates, kalman_rule.KalmanVSGDState, ScaleByKalmanVSGDState
         )
-        new_updates = jax.tree.map(lambda pair: pair[0], pairs, is_leaf=is_pair)
-        leaf_states = jax.tree.map(lambda pair: pair[1], pairs, is_leaf=is_pair)
-        structure = jax.tree.structure(updates, is_leaf=lambda x: x is None)
-        return new_updates, _transpose(leaf_states, structure)
 
     return optax.GradientTransformation(init_fn, update_fn)
-
-
-def _transpose(leaf_states, structure) -> ScaleByKalmanVSGDState:
-    """A tree of per-leaf states -> one :class:`ScaleByKalmanVSGDState` of trees."""
-    is_leaf_state = lambda x: isinstance(x, kalman_rule.KalmanVSGDState)
-    leaves = jax.tree.leaves(leaf_states, is_leaf=is_leaf_state)
-    return ScaleByKalmanVSGDState(**{
-        name: jax.tree.unflatten(structure, [getattr(leaf, name) for leaf in leaves])
-        for name in kalman_rule.KalmanVSGDState._fields
-    })
 
 
 def kalman_vsgd(
