@@ -153,17 +153,18 @@ def _batches(slots: list[_Slot], block_size: int) -> list[list[_Slot]]:
 # Results that are not state go to views of three scratch rows, never to new memory.
 
 
-def _binary(name: str, a, b, out):
-    """``out = a <name> b`` (add, sub, mul, div) into scratch ``out``, which must not be ``b``.
+def _into(name: str, a, out, *args):
+    """``out = a.<name>(*args)`` (e.g. ``a + b``, ``a / b``, ``max(a, c)``) into scratch
+    ``out``, which must not be one of ``args``.
 
-    A tensor takes ``torch.<name>(a, b, out=out)``; a list, which has no ``out=`` form,
+    A tensor takes ``torch.<name>(a, *args, out=out)``; a list, which has no ``out=`` form,
     a copy and the in-place operation (the same rounding: one operation on the same values).
     """
     if isinstance(a, list):
         torch._foreach_copy_(out, a)
-        getattr(torch, f"_foreach_{name}_")(out, b)
+        getattr(torch, f"_foreach_{name}_")(out, *args)
     else:
-        getattr(torch, name)(a, b, out=out)
+        getattr(torch, name)(a, *args, out=out)
     return out
 
 
@@ -245,16 +246,16 @@ def _step_batch(
     root_shape = math.sqrt(shape_a)
 
     # [fast-gain] k = b_g / (b_g + b_ghat), the sum held in row 2 until S is formed
-    _binary("add", drift_rates, noise_rates, out=variance)
-    _binary("div", drift_rates, variance, out=gain)
+    _into("add", drift_rates, variance, noise_rates)
+    _into("div", drift_rates, gain, variance)
     # [fast-gain] e = g_hat - mu_{t-1}, with g_hat = -grad when maximising (state dtype)
     if maximize:
-        _binary("add", means, grads, out=innovation)
+        _into("add", means, innovation, grads)
         _inplace("neg", innovation)
     else:
-        _binary("sub", grads, means, out=innovation)
+        _into("sub", grads, innovation, means)
     # [fast-variance], [fast-scaled] S = a sigma^2 = k b_ghat (1/a goes into the scalars)
-    scaled_variance = _binary("mul", gain, noise_rates, out=variance)
+    scaled_variance = _into("mul", gain, variance, noise_rates)
     # [fast-residuals] from here on row 0 holds k e = mu_t - mu_{t-1}, row 1 (1 - k) e
     step_of_mean = gain
     _inplace("mul", step_of_mean, innovation)

@@ -21,22 +21,12 @@ from torch import Tensor
 
 from vsgd_bayes import hyperparameters as hp
 from vsgd_bayes.torch._common import as_float, increment_steps
-from vsgd_bayes.torch._foreach import _DEFAULT_BLOCK_SIZE, BLOCK_SIZE, _batches, _inplace
+from vsgd_bayes.torch._foreach import _DEFAULT_BLOCK_SIZE, BLOCK_SIZE, _batches, _inplace, _into
 
 __all__ = ["foreach_kalman_vsgd"]
 
 #: Scratch rows of one batch: 1/lambda then 1 - k, k, v, and two work rows.
 _ROWS = 5
-
-
-def _into(operation: str, source, out, *args):
-    """``out = source.<operation>(*args)`` into scratch ``out`` (a tensor or a list)."""
-    if isinstance(source, list):
-        torch._foreach_copy_(out, source)
-        getattr(torch, f"_foreach_{operation}_")(out, *args)
-    else:
-        getattr(torch, operation)(source, *args, out=out)
-    return out
 
 
 _HALF_ROOT_TWO = math.sqrt(0.5)
