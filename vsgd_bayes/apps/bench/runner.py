@@ -13,6 +13,12 @@ For every task and optimizer, with the same budget (steps, batch size) for all:
    report the mean and sample standard deviation of the *test* metric, and, paired by seed
    (the seed fixes the initialisation and the batch order), the mean difference to AdamW
    and its standard error.
+4. **Budget check.** Say whether the final seeds' validation curves were still improving,
+   flat or worsening over the last fifth of the budget
+   (:func:`~vsgd_bayes.apps.bench.curves.curve_state`). For the supervised tasks every run
+   also keeps its best validation checkpoint and reports its test metric
+   (``test_metric_at_best_val``: early stopping on validation, the same rule for every
+   optimizer), so that a budget long enough to overfit still compares optimizers fairly.
 
 A seed fixes the model's initialisation and the data order; the data split is fixed once
 for all (:data:`~vsgd_bayes.apps.bench.tasks.SPLIT_SEED`).
@@ -27,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import statistics
@@ -38,6 +45,7 @@ from typing import Any
 import torch
 
 from vsgd_bayes.apps.bench.budget import scale_budget
+from vsgd_bayes.apps.bench.curves import curve_state
 from vsgd_bayes.apps.bench.optimizers import (
     LABELS,
     OPTIMIZERS,
@@ -106,6 +114,8 @@ def train_once(
         bar = tqdm(
             total=settings.steps, desc=f"{task.name} {optimizer} lr={lr:g} seed={seed}", leave=False
         )
+    # The best validation checkpoint so far (its step, metric and a copy of the weights).
+    best_step, best_val, best_state = None, None, None
     model.train()
     for step in range(1, settings.steps + 1):
         batch = task.sample_batch(generator, settings.batch_size)
@@ -131,6 +141,12 @@ def train_once(
             model.eval()
             val_metric, val_loss = task.evaluate(model, "val")
             model.train()
+            if best_val is None or (
+                val_metric > best_val if task.higher_is_better else val_metric < best_val
+            ):
+                best_step, best_val = step, val_metric
+                # The last step's weights are the model's own: no copy needed.
+                best_state = None if step == settings.steps else copy.deepcopy(model.state_dict())
             curve.append(
                 {
                     "step": step,
@@ -162,6 +178,12 @@ def train_once(
         # The last step is always evaluated on validation: reuse it (evaluation is deterministic).
         result["val_metric"] = curve[-1]["val_metric"]
         result["test_metric"], result["test_loss"] = task.evaluate(model, "test")
+        result["best_val_step"], result["best_val_metric"] = best_step, best_val
+        if best_state is None:
+            result["test_metric_at_best_val"] = result["test_metric"]
+        else:
+            model.load_state_dict(best_state)
+            result["test_metric_at_best_val"] = task.evaluate(model, "test")[0]
     return result
 
 
@@ -261,22 +283,31 @@ def paired_difference(values: Sequence[float], reference: Sequence[float]) -> di
     return {"mean": mean, "standard_error": error, "pairs": n}
 
 
-def _late_change(runs: Sequence[dict[str, Any]]) -> float:
-    """Change of the mean validation metric over the last fifth of the budget (flatness check)."""
-    curves = [run["curve"] for run in runs if not run["diverged"] and run["curve"]]
-    if not curves:
-        return math.nan
-    length = min(len(curve) for curve in curves)
-    if length < 2:
-        return math.nan
-    steps = [point["step"] for point in curves[0][:length]]
-    cut = 0.8 * steps[-1]
-    # The last curve point at or before 80% of the budget (the first point if none is).
-    start = max([i for i, step in enumerate(steps) if step <= cut] or [0])
-    means = [
-        statistics.fmean(curve[i]["val_metric"] for curve in curves) for i in (start, length - 1)
-    ]
-    return means[1] - means[0]
+def _mean_and_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation of the finite values (``nan``; std 0 with one)."""
+    finite = [value for value in values if math.isfinite(value)]
+    mean = statistics.fmean(finite) if finite else math.nan
+    return mean, statistics.stdev(finite) if len(finite) > 1 else 0.0
+
+
+def _compare_to_reference(summary: dict[str, Any]) -> None:
+    """Add, to every row but AdamW's, its paired difference to AdamW (in place): of the test
+    metric at the end (``vs_adamw``) and, where both have it, at the best validation
+    checkpoint (``vs_adamw_at_best_val``)."""
+    for row in summary.values():
+        row.pop("vs_adamw", None)
+        row.pop("vs_adamw_at_best_val", None)
+    reference = summary.get(REFERENCE)
+    if reference is None or reference.get("lr") is None:
+        return
+    for name, row in summary.items():
+        if name == REFERENCE or row.get("lr") is None:
+            continue
+        row["vs_adamw"] = paired_difference(row["test_metrics"], reference["test_metrics"])
+        if "test_metrics_at_best_val" in row and "test_metrics_at_best_val" in reference:
+            row["vs_adamw_at_best_val"] = paired_difference(
+                row["test_metrics_at_best_val"], reference["test_metrics_at_best_val"]
+            )
 
 
 def run_task(
@@ -366,29 +397,37 @@ def run_task(
             continue
         final_runs = [train(name, "final")(chosen["lr"], seed) for seed in finals]
         metrics = [run["test_metric"] for run in final_runs]
-        finite = [value for value in metrics if math.isfinite(value)]
+        mean, std = _mean_and_std(metrics)
+        state = curve_state(final_runs, task.higher_is_better)
         summary[name] = {
             "lr": chosen["lr"],
             **protocol,
             "final_seeds": finals,
             "diverged_seeds": sum(run["diverged"] for run in final_runs),
             "test_metrics": metrics,
-            "test_metric_mean": statistics.fmean(finite) if finite else math.nan,
+            "test_metric_mean": mean,
             # Sample standard deviation over seeds (0 with a single seed).
-            "test_metric_std": statistics.stdev(finite) if len(finite) > 1 else 0.0,
-            "val_change_last_fifth": _late_change(final_runs),
+            "test_metric_std": std,
+            "val_change_last_fifth": state["change"],
+            "val_noise_final": state["noise"],
+            "curve_state": state["state"],
             "ms_per_step": statistics.fmean(run["ms_per_step"] for run in final_runs),
             "ms_per_optimizer_step": statistics.fmean(
                 run["ms_per_optimizer_step"] for run in final_runs
             ),
         }
+        if all("test_metric_at_best_val" in run for run in final_runs):
+            at_best = [run["test_metric_at_best_val"] for run in final_runs]
+            best_mean, best_std = _mean_and_std(at_best)
+            summary[name].update(
+                test_metrics_at_best_val=at_best,
+                test_metric_at_best_val_mean=best_mean,
+                test_metric_at_best_val_std=best_std,
+                best_val_steps=[run["best_val_step"] for run in final_runs],
+            )
         if hasattr(task, "summarize"):
             summary[name].update(task.summarize(final_runs))
-    if REFERENCE in summary and summary[REFERENCE].get("lr") is not None:
-        reference = summary[REFERENCE]["test_metrics"]
-        for name, row in summary.items():
-            if name != REFERENCE and row.get("lr") is not None:
-                row["vs_adamw"] = paired_difference(row["test_metrics"], reference)
+    _compare_to_reference(summary)
     return {
         "task": task.name,
         "metric": task.metric,
@@ -443,13 +482,7 @@ def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
         name: merged["summary"][name] for name in OPTIMIZERS if name in merged["summary"]
     }
     merged["wall_seconds"] = sum(part.get("wall_seconds", math.nan) for part in parts)
-    for row in merged["summary"].values():
-        row.pop("vs_adamw", None)
-    reference = merged["summary"].get(REFERENCE)
-    if reference is not None and reference.get("lr") is not None:
-        for name, row in merged["summary"].items():
-            if name != REFERENCE and row.get("lr") is not None:
-                row["vs_adamw"] = paired_difference(row["test_metrics"], reference["test_metrics"])
+    _compare_to_reference(merged["summary"])
     return merged
 
 
@@ -459,13 +492,26 @@ def _format_metric(value: float, scale: float) -> str:
     return f"{value:.4f}" if abs(scale) < 100 else f"{value:.1f}"
 
 
+def _format_paired(paired: dict[str, Any] | None, scale: float) -> str:
+    if not paired:
+        return "–"
+    sign = "+" if paired["mean"] >= 0 else "−"
+    return (
+        f"{sign}{_format_metric(abs(paired['mean']), scale)} ± "
+        f"{_format_metric(paired['standard_error'], scale)}"
+    )
+
+
 def format_table(results: Sequence[dict[str, Any]]) -> str:
-    """A Markdown table: chosen lr, extensions, final test metric, paired difference to AdamW."""
+    """A Markdown table: chosen lr, extensions, final test metric, paired difference to AdamW,
+    the state of the validation curves at the end of the budget, and the same comparison at
+    each run's best validation checkpoint (supervised tasks)."""
     lines = [
         "| task | metric | optimizer | chosen lr (grid, extensions) "
         "| test metric, mean ± std (seeds) | − AdamW, paired mean ± SE "
-        "| val change, last 20 % | ms / step | ms / opt. step | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| val change, last 20 % (curves) | at best val: test metric (median step) "
+        "| at best val: − AdamW | ms / step | ms / opt. step | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for result in results:
         arrow = "↑" if result["higher_is_better"] else "↓"
@@ -475,23 +521,30 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
             edge = ", still at edge" if row["at_edge"] else ""
             head = f"| {result['task']} | {result['metric']} {arrow} | {LABELS[name]} "
             if row.get("lr") is None:
-                lines.append(head + f"| all diverged ({grid}{ext}) | – | – | – | – | – | – |")
+                lines.append(
+                    head + f"| all diverged ({grid}{ext}) | – | – | – | – | – | – | – | – |"
+                )
                 continue
             diverged = f", {row['diverged_seeds']} diverged" if row["diverged_seeds"] else ""
-            paired, mean = row.get("vs_adamw"), row["test_metric_mean"]
-            versus = "–"
-            if paired:
-                sign = "+" if paired["mean"] >= 0 else "−"
-                versus = (
-                    f"{sign}{_format_metric(abs(paired['mean']), mean)} ± "
-                    f"{_format_metric(paired['standard_error'], mean)}"
+            mean = row["test_metric_mean"]
+            at_best = "–"
+            if "test_metric_at_best_val_mean" in row:
+                steps = [step for step in row["best_val_steps"] if step is not None]
+                median = f" ({statistics.median(steps):g})" if steps else ""
+                at_best = (
+                    f"{_format_metric(row['test_metric_at_best_val_mean'], mean)} ± "
+                    f"{_format_metric(row['test_metric_at_best_val_std'], mean)}{median}"
                 )
+            state = f" ({row['curve_state']})" if "curve_state" in row else ""
             lines.append(
                 head + f"| {row['lr']:g} ({grid}{ext}{edge}) | "
                 f"{_format_metric(mean, mean)} ± {_format_metric(row['test_metric_std'], mean)} "
-                f"({len(row['test_metrics'])}{diverged}) | {versus} | "
-                f"{row['val_change_last_fifth']:+.3g} | {row['ms_per_step']:.2f} | "
-                f"{row['ms_per_optimizer_step']:.3f} | {row.get('note', '')} |"
+                f"({len(row['test_metrics'])}{diverged}) | "
+                f"{_format_paired(row.get('vs_adamw'), mean)} | "
+                f"{row['val_change_last_fifth']:+.3g}{state} | {at_best} | "
+                f"{_format_paired(row.get('vs_adamw_at_best_val'), mean)} | "
+                f"{row['ms_per_step']:.2f} | {row['ms_per_optimizer_step']:.3f} | "
+                f"{row.get('note', '')} |"
             )
     return "\n".join(lines)
 
