@@ -482,6 +482,20 @@ def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
         name: merged["summary"][name] for name in OPTIMIZERS if name in merged["summary"]
     }
     merged["wall_seconds"] = sum(part.get("wall_seconds", math.nan) for part in parts)
+    # The curve state is a function of the stored curves: recomputed, so that parts run before
+    # it existed gain it too.
+    for name, row in merged["summary"].items():
+        if row.get("lr") is None:
+            continue
+        final_runs = [
+            run for run in merged["runs"] if run["optimizer"] == name and run["stage"] == "final"
+        ]
+        state = curve_state(final_runs, merged["higher_is_better"])
+        row.update(
+            val_change_last_fifth=state["change"],
+            val_noise_final=state["noise"],
+            curve_state=state["state"],
+        )
     _compare_to_reference(merged["summary"])
     return merged
 
