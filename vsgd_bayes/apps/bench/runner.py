@@ -290,6 +290,11 @@ def _mean_and_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, statistics.stdev(finite) if len(finite) > 1 else 0.0
 
 
+def _format_logged(value: float) -> str:
+    """Four decimals, or a short exponent form for a nearly diverged run's huge metric."""
+    return f"{value:.4f}" if abs(value) < 1e6 else f"{value:.3e}"
+
+
 def _compare_to_reference(summary: dict[str, Any]) -> None:
     """Add, to every row but AdamW's, its paired difference to AdamW (in place): of the test
     metric at the end (``vs_adamw``) and, where both have it, at the best validation
@@ -376,7 +381,8 @@ def run_task(
             if log is not None:
                 log(
                     f"[{task.name}] {LABELS[name]:<13} lr={lr:<8g} seed={seed:<4} {stage:<9} "
-                    f"val={result['val_metric']:.4f} test={result['test_metric']:.4f} "
+                    f"val={_format_logged(result['val_metric'])} "
+                    f"test={_format_logged(result['test_metric'])} "
                     f"{result['ms_per_step']:.2f} ms/step"
                     f"{' DIVERGED' if result['diverged'] else ''}"
                 )
