@@ -290,6 +290,16 @@ def _mean_and_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, statistics.stdev(finite) if len(finite) > 1 else 0.0
 
 
+def _curve_fields(final_runs: Sequence[dict[str, Any]], higher_is_better: bool) -> dict:
+    """A row's budget-check fields, from its final runs' curves."""
+    state = curve_state(final_runs, higher_is_better)
+    return {
+        "val_change_last_fifth": state["change"],
+        "val_noise_final": state["noise"],
+        "curve_state": state["state"],
+    }
+
+
 def _format_logged(value: float) -> str:
     """Four decimals, or a short exponent form for a nearly diverged run's huge metric."""
     return f"{value:.4f}" if abs(value) < 1e6 else f"{value:.3e}"
@@ -404,7 +414,6 @@ def run_task(
         final_runs = [train(name, "final")(chosen["lr"], seed) for seed in finals]
         metrics = [run["test_metric"] for run in final_runs]
         mean, std = _mean_and_std(metrics)
-        state = curve_state(final_runs, task.higher_is_better)
         summary[name] = {
             "lr": chosen["lr"],
             **protocol,
@@ -414,9 +423,7 @@ def run_task(
             "test_metric_mean": mean,
             # Sample standard deviation over seeds (0 with a single seed).
             "test_metric_std": std,
-            "val_change_last_fifth": state["change"],
-            "val_noise_final": state["noise"],
-            "curve_state": state["state"],
+            **_curve_fields(final_runs, task.higher_is_better),
             "ms_per_step": statistics.fmean(run["ms_per_step"] for run in final_runs),
             "ms_per_optimizer_step": statistics.fmean(
                 run["ms_per_optimizer_step"] for run in final_runs
@@ -496,12 +503,7 @@ def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
         final_runs = [
             run for run in merged["runs"] if run["optimizer"] == name and run["stage"] == "final"
         ]
-        state = curve_state(final_runs, merged["higher_is_better"])
-        row.update(
-            val_change_last_fifth=state["change"],
-            val_noise_final=state["noise"],
-            curve_state=state["state"],
-        )
+        row.update(_curve_fields(final_runs, merged["higher_is_better"]))
     _compare_to_reference(merged["summary"])
     return merged
 
