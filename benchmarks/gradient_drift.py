@@ -24,7 +24,7 @@ the next true gradient g*(theta_t); scored over the window and all coordinates: 
 the central 95% interval, the robust scale 1.4826 median|z| of z = (g* - m)/sqrt(v), and the
 noise ratio r / s^2 (median over coordinates of the window-mean r):
 
-* ``kalman-vsgd``: Kalman VSGD's own online inference (:mod:`vsgd_bayes.kalman_rule`,
+* ``kalman-vsgd``: Kalman VSGD's own online inference (:mod:`vsgd_bayes.rules.kalman`,
   defaults) from step 1; m = mu_t, v = S_t k (the calibrate metric's sigma^2 + q);
 * ``random-walk ML``: the same local-level model g_{t+1} = g_t + N(0, q), exact Kalman filter,
   (q, r) per coordinate the maximum-likelihood values on the window's innovations (a grid over
@@ -177,7 +177,7 @@ def kalman_vsgd_observer(minibatch, start):
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
 
-    from vsgd_bayes import kalman_rule
+    from vsgd_bayes.rules import kalman as kalman_rule
 
     state = kalman_rule.init_state(jnp.zeros(minibatch.shape[1]))
     update = jax.jit(lambda g, s: kalman_rule.posterior_update(g, s)[1])

@@ -1,12 +1,12 @@
 """Does Kalman VSGD identify the drift and the noise of the sequential model? (measured here)
 
-Streams are simulated from :func:`vsgd_bayes.model.sequential_model` (g_0 = 0,
+Streams are simulated from :func:`vsgd_bayes.models.vsgd.sequential_model` (g_0 = 0,
 g_t = g_{t-1} + N(0, q), g_hat_t = g_t + N(0, r)) with noise scales sqrt(r) log-uniform in
 [1e-4, 1e2] and drift-to-noise ratios q / r in {1, 1e-1, 1e-2, 1e-3, 1e-4}. Kalman VSGD
-(:mod:`vsgd_bayes.kalman_rule`, defaults) runs from two starts lambda_0 whose ratios differ by
-4 decades; VSGD (:mod:`vsgd_bayes.rule`, both initialisations, defaults) runs beside it. The
+(:mod:`vsgd_bayes.rules.kalman`, defaults) runs from two starts lambda_0 whose ratios differ by
+4 decades; VSGD (:mod:`vsgd_bayes.rules.vsgd`, both initialisations, defaults) runs beside it. The
 oracle is the exact Kalman filter with the true (q, r) and g_0 = 0
-(:func:`vsgd_bayes.kalman_rule.exact_filter`); its steady-state gain is k(q / r).
+(:func:`vsgd_bayes.rules.kalman.exact_filter`); its steady-state gain is k(q / r).
 
 Per ratio, medians over coordinates of: the factor error exp|ln(estimate / truth)| - 1 of the
 noise variance r, the drift variance q and the final gain k (against the oracle's steady-state
@@ -35,8 +35,9 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)
 
 from vsgd_bayes import hyperparameters as hp  # noqa: E402
-from vsgd_bayes import kalman_rule, rule  # noqa: E402
-from vsgd_bayes.model import simulate_gradient_stream  # noqa: E402
+from vsgd_bayes.models.vsgd import simulate_gradient_stream  # noqa: E402
+from vsgd_bayes.rules import kalman as kalman_rule  # noqa: E402
+from vsgd_bayes.rules import vsgd as rule  # noqa: E402
 
 RATIOS = (1.0, 1e-1, 1e-2, 1e-3, 1e-4)
 STARTS = (1.0, 1e-4)  # lambda_0: the default and 4 decades below it

@@ -7,7 +7,7 @@ so the optimum is x = -1. Adam with a short second-moment memory goes to +1; AMS
 whose denominator is the running maximum v_hat_t = max(v_hat_{t-1}, v_t), goes to -1.
 
 Each coordinate of x is an independent copy of the problem (its own random stream). The long
-runs use JAX engines (``vsgd_bayes.rule.step``, ``vsgd_bayes.constant_rule.step`` and Adam /
+runs use JAX engines (``vsgd_bayes.rules.vsgd.step``, ``vsgd_bayes.rules.constant.step`` and Adam /
 AMSGrad written as torch.optim.Adam computes them, in a ``lax.scan``), because 10^6 Python-level
 torch steps take minutes per optimizer; ``tests/test_reddi_problem.py`` shows that each engine
 follows its torch optimizer (``vsgd_bayes.torch.VSGD``, ``vsgd_bayes.torch.ConstantVSGD``,
@@ -37,7 +37,8 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
-from vsgd_bayes import constant_rule, rule  # noqa: E402
+from vsgd_bayes.rules import constant as constant_rule  # noqa: E402
+from vsgd_bayes.rules import vsgd as rule  # noqa: E402
 from vsgd_bayes.torch.constant import DEFAULT_VARIANCE_RATIO  # noqa: E402
 
 LARGE, SMALL, PROBABILITY = 1010.0, -10.0, 0.01

@@ -3,7 +3,8 @@
 The step-1 prior variances b_0 / a_0 = (gamma, K_g gamma) / a_0 are absolute numbers (about
 2e-4 and 6e-3 for ``init="reference"``, 1 and 30 for ``init="paper"``), so neither start is
 scale-free (derivations/10_scale_map.md). This script measures what that does on gradient
-streams simulated from the NumPyro sequential model (:func:`vsgd_bayes.model.sequential_model`):
+streams simulated from the NumPyro sequential model
+(:func:`vsgd_bayes.models.vsgd.sequential_model`):
 per coordinate a random-walk true gradient g_t ~ N(g_{t-1}, s_g^2), g_0 = 0, observed as
 g_hat_t ~ N(g_t, s^2). The grid is the noise scale s (1e-4 ... 1e2) times the drift-to-noise
 ratio r = s_g / s (the signal-to-noise of the model); every cell is a block of independent
@@ -18,7 +19,7 @@ Per cell and start it reports:
 * ``warmup``: the first step t at which the cell's mean |delta theta_t| / eta reaches half of
   its final level (its mean over the last 10% of the steps);
 * ``drift_error``, ``noise_error``: median over the cell of log10(learned / true variance),
-  learned = b / a (``vsgd_bayes.rule.posterior_variances``), true = s_g^2 and s^2.
+  learned = b / a (``vsgd_bayes.rules.vsgd.posterior_variances``), true = s_g^2 and s^2.
 
 It also runs the four stationary streams g_hat ~ N(m, s^2) for 10^4 steps (``stationary``).
 
@@ -43,8 +44,8 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)
 
 from vsgd_bayes import hyperparameters as hp  # noqa: E402
-from vsgd_bayes import rule  # noqa: E402
-from vsgd_bayes.model import simulate_gradient_stream  # noqa: E402
+from vsgd_bayes.models.vsgd import simulate_gradient_stream  # noqa: E402
+from vsgd_bayes.rules import vsgd as rule  # noqa: E402
 
 SCALES = tuple(10.0**e for e in range(-4, 3))  # noise standard deviation s
 RATIOS = (1e-3, 1e-2, 1e-1, 1.0)  # drift-to-noise ratio r = s_g / s

@@ -22,13 +22,13 @@
 #
 # The *sequential* model behind it is a random walk $g_t \sim N(g_{t-1}, 1/w_g)$ with global
 # precisions. This notebook simulates streams from that model with **known** precisions
-# (`vsgd_bayes.model.simulate_gradient_stream`), runs the closed-form rule
-# (`vsgd_bayes.rule`, the package's source of truth) and compares its streaming posterior with
+# (`vsgd_bayes.models.vsgd.simulate_gradient_stream`), runs the closed-form rule
+# (`vsgd_bayes.rules.vsgd`, the package's source of truth) and compares its streaming posterior with
 # the exact answers:
 #
 # * a **Kalman filter** when the precisions are known (the model is then linear-Gaussian, so
 #   the filter is the exact posterior $p(g_t \mid \hat g_{1:t})$);
-# * **NUTS** on the full sequential model (`vsgd_bayes.model.sequential_model`) when the
+# * **NUTS** on the full sequential model (`vsgd_bayes.models.vsgd.sequential_model`) when the
 #   precisions are unknown, for a short stream.
 #
 # Both initialisations are shown: `init="reference"` (the authors' code, the default) and
@@ -63,8 +63,8 @@ jax.config.update("jax_enable_x64", True)
 from numpyro.infer import MCMC, NUTS
 
 from vsgd_bayes import hyperparameters as hp
-from vsgd_bayes import rule
-from vsgd_bayes.model import sequential_model, simulate_gradient_stream
+from vsgd_bayes.models.vsgd import sequential_model, simulate_gradient_stream
+from vsgd_bayes.rules import vsgd as rule
 
 results = {}
 
@@ -351,7 +351,7 @@ print("NUTS sample sites:", {name: value.shape for name, value in samples.items(
 print("divergent transitions:", int(mcmc.get_extra_fields()["diverging"].sum()))
 
 # %%
-# Sample site names follow the math symbols of vsgd_bayes.model.
+# Sample site names follow the math symbols of vsgd_bayes.models.vsgd.
 true_gradient_samples = np.asarray(samples["g"]).reshape(NUTS_SAMPLES, NUTS_STEPS)
 drift_precision_samples = np.asarray(samples["w_g"]).reshape(-1)
 noise_precision_samples = np.asarray(samples["w_ghat"]).reshape(-1)

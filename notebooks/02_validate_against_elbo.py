@@ -14,7 +14,7 @@
 # %% [markdown]
 # # 02 — Validating the closed-form updates against the ELBO
 #
-# VSGD's updates (`vsgd_bayes.rule`: local update, global targets, SVI blend) are claimed to be
+# VSGD's updates (`vsgd_bayes.rules.vsgd`: local update, global targets, SVI blend) are claimed to be
 # coordinate-ascent and natural-gradient steps on the ELBO of the one-step model
 #
 # $$ w_g \sim \mathrm{Gamma}(a_0, \gamma),\ w_{\hat g} \sim \mathrm{Gamma}(a_0, K_g\gamma),\
@@ -25,7 +25,7 @@
 # `vsgd-bayes validate` (`vsgd_bayes.validation.run_checks`):
 #
 # 1. coordinate ascent with the closed-form updates never decreases the closed-form ELBO
-#    (`vsgd_bayes.elbo.one_step_elbo`) and converges to `elbo.cavi_optimum`;
+#    (`vsgd_bayes.rules.elbo.one_step_elbo`) and converges to `elbo.cavi_optimum`;
 # 2. NumPyro SVI on `model.one_step_model` / `model.one_step_guide`, which knows nothing of the
 #    closed forms, converges to the same optimum;
 # 3. the SVI blend $b \leftarrow (1-\rho)b + \rho b'$ is a natural-gradient step on the ELBO
@@ -63,10 +63,12 @@ import numpyro.optim
 import optax
 from numpyro.infer import SVI, Trace_ELBO
 
-from vsgd_bayes import elbo, rule, validation
 from vsgd_bayes import hyperparameters as hp
-from vsgd_bayes.elbo import OneStepVariational
-from vsgd_bayes.model import guide_variational, one_step_guide, one_step_model
+from vsgd_bayes.models.vsgd import guide_variational, one_step_guide, one_step_model
+from vsgd_bayes.rules import elbo
+from vsgd_bayes.rules import vsgd as rule
+from vsgd_bayes.rules.elbo import OneStepVariational
+from vsgd_bayes.validation import vsgd as validation
 
 results = {}
 

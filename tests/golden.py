@@ -104,6 +104,7 @@ def worst_errors(scenario: GoldenScenario, trajectories) -> tuple[float, float]:
 def use_exact_constants(monkeypatch) -> None:
     """Check of the check: make init="reference" use exact float64 constants (the behaviour
     before the constants were rounded as in the authors' code); the golden tests must fail."""
-    from vsgd_bayes import hyperparameters
+    # Patched where prior_shape and prior_rates look it up (VSGD's module of hyperparameters).
+    from vsgd_bayes.hyperparameters import vsgd as vsgd_hyperparameters
 
-    monkeypatch.setattr(hyperparameters, "authors_float32", lambda value: value)
+    monkeypatch.setattr(vsgd_hyperparameters, "authors_float32", lambda value: value)

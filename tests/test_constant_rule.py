@@ -1,13 +1,13 @@
-"""Tests of vsgd_bayes.constant_rule: EMA mean, variance formula, CAVI stationarity."""
+"""Tests of vsgd_bayes.rules.constant: EMA mean, variance formula, CAVI stationarity."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vsgd_bayes import constant_rule
 from vsgd_bayes import hyperparameters as hp
-from vsgd_bayes.elbo import constant_one_step_elbo
+from vsgd_bayes.rules import constant as constant_rule
+from vsgd_bayes.rules.constant import one_step_elbo as constant_one_step_elbo
 
 
 @pytest.mark.parametrize("ratio", [9.0, 30.0])

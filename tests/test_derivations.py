@@ -1,8 +1,8 @@
 """The derivations stay true and stay attached to the code.
 
 * every ``check_*`` function of ``derivations/checks/*.py`` passes (sympy / mpmath algebra, and
-  numerical comparisons of the derived formulas with ``vsgd_bayes.rule`` / ``constant_rule``);
-* every equation label cited in ``vsgd_bayes/rule.py``, ``constant_rule.py`` and the torch
+  numerical comparisons of the derived formulas with ``vsgd_bayes.rules.vsgd`` / ``.constant``);
+* every equation label cited in ``vsgd_bayes/rules/*.py`` and the torch
   paths (single-tensor ports, ``_foreach.py``, the C++ and Triton kernels) is defined, once,
   in ``derivations/*.md``, and every ``(eq:...)`` reference in the notes is defined; the
   per-step scalars of the fast paths are named alike in Python, C++ and Triton;
@@ -99,8 +99,14 @@ def test_references_in_the_notes_are_defined():
 #: Each file that cites derivation labels, and the labels it must cite (at least).
 _FAST = {"fast-gain", "fast-mean", "fast-variance", "fast-residuals", "fast-targets"}
 CITING_FILES = {
-    "rule.py": {"local-variance", "local-mean", "global-targets", "svi-blend", "parameter-step"},
-    "constant_rule.py": {"constant-mean", "constant-variance", "constant-target"},
+    "rules/vsgd.py": {
+        "local-variance",
+        "local-mean",
+        "global-targets",
+        "svi-blend",
+        "parameter-step",
+    },
+    "rules/constant.py": {"constant-mean", "constant-variance", "constant-target"},
     "torch/_single_tensor.py": {
         "local-variance",
         "local-mean",
@@ -125,7 +131,7 @@ CITING_FILES = {
     "torch/_foreach.py": _FAST | {"fast-scaled", "svi-blend", "parameter-step"},
     "torch/csrc/vsgd_cpu.cpp": _FAST | {"svi-blend", "parameter-step"},
     "torch/_triton.py": _FAST | {"svi-blend", "parameter-step"},
-    "kalman_rule.py": {
+    "rules/kalman.py": {
         "kalman-steady-gain",
         "kalman-innovation",
         "kalman-ratio-step",
@@ -276,7 +282,9 @@ def test_notation_code_names_exist_in_the_package():
 
 
 def test_notation_state_fields_are_state_fields():
-    from vsgd_bayes import constant_rule, kalman_rule, rule
+    from vsgd_bayes.rules import constant as constant_rule
+    from vsgd_bayes.rules import kalman as kalman_rule
+    from vsgd_bayes.rules import vsgd as rule
 
     fields = (
         set(rule.VSGDState._fields)

@@ -1,4 +1,4 @@
-"""Tests of vsgd_bayes.elbo: Gamma KL, the closed-form ELBO, the CAVI optimum."""
+"""Tests of vsgd_bayes.rules.elbo: Gamma KL, the closed-form ELBO, the CAVI optimum."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -6,8 +6,9 @@ import pytest
 from numpyro.distributions import Gamma
 from numpyro.distributions.kl import kl_divergence
 
-from vsgd_bayes import elbo, rule
-from vsgd_bayes.elbo import OneStepVariational
+from vsgd_bayes.rules import elbo
+from vsgd_bayes.rules import vsgd as rule
+from vsgd_bayes.rules.elbo import OneStepVariational
 
 
 def test_gamma_kl_matches_numpyro():

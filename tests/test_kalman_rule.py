@@ -1,4 +1,4 @@
-"""Tests of vsgd_bayes.kalman_rule: first step, bounds, jit, dtypes, scale invariance on a
+"""Tests of vsgd_bayes.rules.kalman: first step, bounds, jit, dtypes, scale invariance on a
 digits MLP (with the epsilon and VSGD twins that break it), PyTorch's toy problem, and
 identification of the gain from two starts."""
 
@@ -11,7 +11,8 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from vsgd_bayes import hyperparameters as hp
-from vsgd_bayes import kalman_rule, rule
+from vsgd_bayes.rules import kalman as kalman_rule
+from vsgd_bayes.rules import vsgd as rule
 
 
 def test_first_step_from_the_scale_free_start():

@@ -1,9 +1,10 @@
-"""Tests of vsgd_bayes.kalman_validation: the checks pass, and each fails on a broken twin."""
+"""Tests of vsgd_bayes.validation.kalman: the checks pass, and each fails on a broken twin."""
 
 import jax.numpy as jnp
 import pytest
 
-from vsgd_bayes import kalman_rule, kalman_validation
+from vsgd_bayes.rules import kalman as kalman_rule
+from vsgd_bayes.validation import kalman as kalman_validation
 
 
 def test_checks_pass():

@@ -1,4 +1,4 @@
-"""Tests of vsgd_bayes.model: site names, plate, shapes, simulation, log-density."""
+"""Tests of vsgd_bayes.models.vsgd: site names, plate, shapes, simulation, log-density."""
 
 import jax
 import jax.numpy as jnp
@@ -9,8 +9,8 @@ from numpyro.infer.util import log_density
 from scipy import stats
 
 from vsgd_bayes import hyperparameters as hp
-from vsgd_bayes import model
-from vsgd_bayes.elbo import OneStepVariational
+from vsgd_bayes.models import vsgd as model
+from vsgd_bayes.rules.elbo import OneStepVariational
 
 
 def test_one_step_sites_plate_and_shapes():

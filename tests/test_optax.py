@@ -21,8 +21,8 @@ import optax
 import pytest
 
 from vsgd_bayes import hyperparameters as hp
-from vsgd_bayes import rule
 from vsgd_bayes.optax import ScaleByVSGDState, scale_by_vsgd, vsgd
+from vsgd_bayes.rules import vsgd as rule
 
 HYPERPARAMETERS = dict(
     variance_ratio=10.0, prior_strength=1e-3, kappa1=0.7, kappa2=0.95, eps=1e-6

@@ -1,4 +1,4 @@
-"""Tests of vsgd_bayes.optax_kalman: bitwise equality with kalman_rule.step, the direction,
+"""Tests of vsgd_bayes.optax.kalman: bitwise equality with kalman_rule.step, the direction,
 weight decay, None gradients, complex leaves, validation."""
 
 import jax
@@ -7,8 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from vsgd_bayes import kalman_rule
-from vsgd_bayes.optax_kalman import ScaleByKalmanVSGDState, kalman_vsgd, scale_by_kalman_vsgd
+from vsgd_bayes.optax.kalman import ScaleByKalmanVSGDState, kalman_vsgd, scale_by_kalman_vsgd
+from vsgd_bayes.rules import kalman as kalman_rule
 
 SETTINGS = dict(initial_drift_to_noise=0.05, ratio_step_scale=1.5, max_ratio_change=0.7,
                 kappa=0.9, eps=0.0)

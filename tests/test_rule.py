@@ -1,4 +1,5 @@
-"""Tests of vsgd_bayes.rule: golden replay, first step, step bound, jit, single-pass, dtypes."""
+"""Tests of vsgd_bayes.rules.vsgd: golden replay, first step, step bound, jit, single pass,
+dtypes."""
 
 import golden
 import jax
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from vsgd_bayes import hyperparameters as hp
-from vsgd_bayes import rule
+from vsgd_bayes.rules import vsgd as rule
 
 
 def replay_golden(scenario, dtype):

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from vsgd_bayes import constant_rule
 from vsgd_bayes import hyperparameters as hp
+from vsgd_bayes.rules import constant as constant_rule
 from vsgd_bayes.torch import ConstantVSGD
 from vsgd_bayes.torch.constant import DEFAULT_VARIANCE_RATIO
 

@@ -1,6 +1,6 @@
 """Parity of the fast torch paths (foreach, fused) with the JAX rule, params and state.
 
-The reference is :func:`vsgd_bayes.rule.step` in float64 (JAX x64 is on for the suite). Each
+The reference is :func:`vsgd_bayes.rules.vsgd.step` in float64 (JAX x64 is on for the suite). Each
 case runs a few steps on a list of tensors of mixed shapes (a zero-size one included),
 starts some parameters late (mixed step counts within one call) and compares the parameters
 and every state entry after every step.
@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from vsgd_bayes import hyperparameters as hp
-from vsgd_bayes import rule
+from vsgd_bayes.rules import vsgd as rule
 from vsgd_bayes.torch import _foreach
 from vsgd_bayes.torch._foreach import foreach_vsgd
 from vsgd_bayes.torch._fused import fused_is_available, fused_vsgd

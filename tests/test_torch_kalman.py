@@ -2,8 +2,8 @@
 
 The generic optimizer behaviours (paths, state dicts, hooks, dtypes, errors) run from its row
 in ``tests/test_torch_battery.py``; here: float64 parity of every path with
-:func:`vsgd_bayes.kalman_rule.step` (parameters and every state entry), ``gradient_posterior``
-against :func:`vsgd_bayes.kalman_rule.posterior_variances`, and the robustness target.
+:func:`vsgd_bayes.rules.kalman.step` (parameters and every state entry), ``gradient_posterior``
+against :func:`vsgd_bayes.rules.kalman.posterior_variances`, and the robustness target.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from vsgd_bayes import kalman_rule
+from vsgd_bayes.rules import kalman as kalman_rule
 from vsgd_bayes.torch import VSGD, KalmanVSGD
 
 #: Both sides evaluate the same float64 expressions in the same order (the foreach path too,

@@ -1,7 +1,7 @@
 """Parity of the torch optimizers with the JAX rule, the golden data, and between their paths.
 
-* single-tensor ``VSGD`` vs :func:`vsgd_bayes.rule.step` (and ``ConstantVSGD`` vs
-  :func:`vsgd_bayes.constant_rule.step`) on random gradient streams with random
+* single-tensor ``VSGD`` vs :func:`vsgd_bayes.rules.vsgd.step` (and ``ConstantVSGD`` vs
+  :func:`vsgd_bayes.rules.constant.step`) on random gradient streams with random
   hyperparameters, both initialisations, float64: parameters and every state entry;
 * ``VSGD`` vs the golden trajectories of the authors' implementation (``tests/golden.py``);
 * the foreach and fused paths vs the single-tensor path over the table ``FAST_PATH_CASES``.
@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from tests import golden
-from vsgd_bayes import constant_rule, rule
+from vsgd_bayes.rules import constant as constant_rule
+from vsgd_bayes.rules import vsgd as rule
 from vsgd_bayes.torch import VSGD, ConstantVSGD
 
 #: Both implementations evaluate the same float64 expressions in the same order; they can

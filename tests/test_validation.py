@@ -6,9 +6,11 @@ import jax.numpy as jnp
 import pytest
 
 from vsgd_bayes import hyperparameters as hp
-from vsgd_bayes import kalman_validation, rule, validation
 from vsgd_bayes.apps import validate
-from vsgd_bayes.elbo import one_step_elbo, one_step_elbo_terms
+from vsgd_bayes.rules import vsgd as rule
+from vsgd_bayes.rules.elbo import one_step_elbo, one_step_elbo_terms
+from vsgd_bayes.validation import kalman as kalman_validation
+from vsgd_bayes.validation import vsgd as validation
 
 
 def test_cli_passes_and_writes_json(tmp_path, capsys):

@@ -2,7 +2,7 @@
 
 The CAVI optimum of the tied model is derived from its closed-form ELBO (stationary point in
 the mean, the variance, the shape and the rate), reduced to the EMA form with beta = K_g/(1+K_g),
-compared with Adam's first-moment recursion and with ``vsgd_bayes.constant_rule``.
+compared with Adam's first-moment recursion and with ``vsgd_bayes.rules.constant``.
 
 Run: ``python derivations/checks/constant_vsgd.py``.
 """
@@ -171,8 +171,8 @@ def check_constant_vsgd_denominator_falls_after_a_spike():
     import numpy as np
 
     jax.config.update("jax_enable_x64", True)
-    from vsgd_bayes import constant_rule
     from vsgd_bayes import hyperparameters as hp
+    from vsgd_bayes.rules import constant as constant_rule
 
     stream = np.full(120, -10.0)
     stream[60] = 1010.0
@@ -199,7 +199,7 @@ def check_constant_rule_matches():
     import numpy as np
 
     jax.config.update("jax_enable_x64", True)
-    from vsgd_bayes import constant_rule
+    from vsgd_bayes.rules import constant as constant_rule
 
     local = sp.lambdify((mean_prev, rate, gradient, shape, ratio), local_optimum(), "numpy")
     mean_s, var_s = sp.symbols("mean_s var_s", real=True)

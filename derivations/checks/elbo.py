@@ -5,7 +5,7 @@ local factor q(g_t) (eq:local-variance, eq:local-mean) and of the global factors
 q(w_ghat) (eq:global-targets) must be stationary points of it, and maxima. The Gamma identities
 the ELBO rests on (eq:gamma-moments, eq:gamma-kl) are checked by numerical quadrature with mpmath
 at random high-precision points (sympy cannot integrate them in closed form). The optimum is
-also evaluated numerically against ``vsgd_bayes.rule`` at random points, so that the algebra
+also evaluated numerically against ``vsgd_bayes.rules.vsgd`` at random points, so that the algebra
 here and the code cannot drift apart.
 
 Run: ``python derivations/checks/elbo.py``.
@@ -191,12 +191,12 @@ def check_gamma_kl_by_quadrature():
 
 
 def check_rule_matches_cavi_optimum():
-    # vsgd_bayes.rule.local_update / global_targets evaluate the formulas derived here.
+    # vsgd_bayes.rules.vsgd.local_update / global_targets evaluate the formulas derived here.
     import jax
     import numpy as np
 
     jax.config.update("jax_enable_x64", True)
-    from vsgd_bayes import rule
+    from vsgd_bayes.rules import vsgd as rule
 
     optimal_mean, optimal_variance = local_optimum()
     (_, drift_rate_target), (_, noise_rate_target) = global_optimum()

@@ -109,7 +109,7 @@ def check_single_pass_matches_rule_numerically():
     import numpy as np
 
     jax.config.update("jax_enable_x64", True)
-    from vsgd_bayes import rule
+    from vsgd_bayes.rules import vsgd as rule
 
     fast = sp.lambdify(
         (mean_prev, drift_rate, noise_rate, gradient, shape, prior_strength, ratio),

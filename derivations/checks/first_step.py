@@ -5,7 +5,7 @@ The authors' PyTorch code is transcribed below in its own variable names (``pa2`
 ``mug``: the posterior mean; ``ghattg`` = K_g, ``ps`` = gamma, ``tau1``/``tau2`` = kappa1/2).
 It stores 2a and 2b, so only ratios b/a matter. The checks show, symbolically, that its step 1
 and its later steps equal Algorithm 1 of the paper with the prior shape a_0 = gamma + 5e-5
-(2a = 2 gamma + 1 + 1e-4, eq:reference-shape), and numerically that ``vsgd_bayes.rule`` with
+(2a = 2 gamma + 1 + 1e-4, eq:reference-shape), and numerically that ``vsgd_bayes.rules.vsgd`` with
 ``init="reference"`` follows the transcription for 50 steps.
 
 ``compute_numbers()`` produces every number quoted in 05_first_step.md (first-step variances,
@@ -147,7 +147,7 @@ def _float32_value(value):
 
 
 def check_rule_follows_reference_code_numerically():
-    # vsgd_bayes.rule with init="reference" = the transcription with the code's float32
+    # vsgd_bayes.rules.vsgd with init="reference" = the transcription with the code's float32
     # constants (evaluated in float64, which is what the package does).
     import jax
 
@@ -155,7 +155,7 @@ def check_rule_follows_reference_code_numerically():
     import jax.numpy as jnp
 
     from vsgd_bayes import hyperparameters as hp
-    from vsgd_bayes import rule
+    from vsgd_bayes.rules import vsgd as rule
 
     rng = np.random.default_rng(6)
     steps, size = 50, 16
@@ -309,7 +309,7 @@ def _trajectory(gradients, init):
     import jax.numpy as jnp
 
     from vsgd_bayes import hyperparameters as hp
-    from vsgd_bayes import rule
+    from vsgd_bayes.rules import vsgd as rule
 
     defaults = {k: hp.DEFAULTS[k] for k in ("variance_ratio", "prior_strength", "kappa1", "kappa2")}
 

@@ -150,12 +150,12 @@ def check_scale_invariance():
 
 
 def check_rule_functions_follow_the_formulas():
-    # vsgd_bayes.kalman_rule evaluates these formulas (float64, random points).
+    # vsgd_bayes.rules.kalman evaluates these formulas (float64, random points).
     import jax
     import numpy as np
 
     jax.config.update("jax_enable_x64", True)
-    from vsgd_bayes import kalman_rule
+    from vsgd_bayes.rules import kalman as kalman_rule
 
     rng = np.random.default_rng(0)
     log_ratio = rng.uniform(-25.0, 25.0, 200)

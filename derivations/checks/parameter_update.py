@@ -46,12 +46,12 @@ def check_scale_invariance():
 
 
 def check_decoupled_weight_decay():
-    # (eq:parameter-step): decay then step equals vsgd_bayes.rule.parameter_step.
+    # (eq:parameter-step): decay then step equals vsgd_bayes.rules.vsgd.parameter_step.
     import jax
     import numpy as np
 
     jax.config.update("jax_enable_x64", True)
-    from vsgd_bayes import rule
+    from vsgd_bayes.rules import vsgd as rule
 
     theta, decay = sp.symbols("theta decay", real=True)
     formula = sp.lambdify(

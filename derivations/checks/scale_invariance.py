@@ -80,7 +80,7 @@ def trajectory(gradients, prior_strength, prior_shape, variance_ratio=30.0,
     jax = _jax()
     import jax.numpy as jnp
 
-    from vsgd_bayes import rule
+    from vsgd_bayes.rules import vsgd as rule
 
     def one_step(carry, gradient):
         t, mean_prev, drift_rate, noise_rate = carry
@@ -102,11 +102,12 @@ def trajectory(gradients, prior_strength, prior_shape, variance_ratio=30.0,
 
 
 def rule_momentum(gradients, init, prior_strength=1e-8):
-    """Momentum after the last step of ``vsgd_bayes.rule`` (defaults, ``init``), per coordinate."""
+    """Momentum after the last step of ``vsgd_bayes.rules.vsgd`` (defaults, ``init``), per
+    coordinate."""
     jax = _jax()
     import jax.numpy as jnp
 
-    from vsgd_bayes import rule
+    from vsgd_bayes.rules import vsgd as rule
 
     def one_step(state, gradient):
         return rule.posterior_update(

@@ -1,6 +1,6 @@
 """PyTorch front end of VSGD: the optimizers ``VSGD``, ``ConstantVSGD`` and ``KalmanVSGD``.
 
-This subpackage imports torch but never JAX. The update is the one of :mod:`vsgd_bayes.rule`
+This subpackage imports torch but never JAX. The update is the one of :mod:`vsgd_bayes.rules.vsgd`
 (ported line by line in ``_single_tensor.py``, tested for float64 parity with it), with
 hyperparameters, defaults and validation from :mod:`vsgd_bayes.hyperparameters`.
 

@@ -41,7 +41,7 @@ class VSGDFamilyOptimizer(Optimizer):
     * ``hyperparameters``: the names of the group entries checked by
       :func:`vsgd_bayes.hyperparameters.check_hyperparameter` (construction, every
       ``add_param_group`` and every step) and passed by name to the functional entry point.
-    * ``paths``: the subset of :data:`PATHS` it implements; ``"single_tensor"`` and
+    * ``paths``: the subset of ``PATHS`` it implements; ``"single_tensor"`` and
       ``"foreach"`` always (the ``foreach`` flag exists for every optimizer), ``"fused"``
       adds a ``fused`` flag.
     * ``functional``: ``staticmethod(f)`` with
@@ -61,7 +61,7 @@ class VSGDFamilyOptimizer(Optimizer):
        foreach, ...)``, which hands ``{"single_tensor": ..., "foreach": ...}`` to
        :func:`vsgd_bayes.torch._functional.run_path`, and the class: the four declarations
        above and ``__init__``; methods that read a parameter's posterior use
-       :meth:`_group_of` and :meth:`_stepped_state`;
+       ``_group_of`` and ``_stepped_state``;
     4. a row in ``tests/test_torch_battery.py``, which then runs every generic behaviour
        (paths, state dicts, hooks, dtypes, errors) on it.
 

@@ -1,6 +1,6 @@
 r"""The single-tensor path of ``ConstantVSGD``: a line-by-line port of the JAX constant rule.
 
-Each function of :mod:`vsgd_bayes.constant_rule` has its counterpart here, with the same
+Each function of :mod:`vsgd_bayes.rules.constant` has its counterpart here, with the same
 arithmetic in the same order, so that this path agrees with the rule to float64 rounding
 (``tests/test_torch_parity.py``); the foreach path (``_constant_foreach.py``) is tested against
 this one. The scalars of a step (the shape a, rho_t = t^(-kappa)) are Python float64 numbers,

@@ -3,7 +3,7 @@ r"""The multi-tensor ("foreach") VSGD path: pure PyTorch, nothing compiled.
 One call steps a whole list of parameters with eager PyTorch operations (``torch._foreach_*``
 on lists of tensors, plain ones on single cache-sized blocks on CPU) on the single-pass
 algebraic form of the VSGD update (derived in ``derivations/09_fast_paths.md``, whose labels
-the code cites in brackets; the reference is :func:`vsgd_bayes.rule.step`). With the gain k,
+the code cites in brackets; the reference is :func:`vsgd_bayes.rules.vsgd.step`). With the gain k,
 the innovation e and the shape a before the step,
 
 .. math::
@@ -17,7 +17,7 @@ the innovation e and the shape a before the step,
     \theta_t &= \theta_{t-1}(1-\eta\lambda)
         - \eta\,\frac{\mu_t}{\sqrt{\mu_t^2 + \sigma_t^2} + \epsilon},
 
-which is the closed-form update of :mod:`vsgd_bayes.rule` rewritten so that every quantity is
+which is the closed-form update of :mod:`vsgd_bayes.rules.vsgd` rewritten so that every quantity is
 read once: mu_t - mu_{t-1} = k e and mu_t - g_hat_t = -(1 - k) e [fast-residuals]; the
 operations work with the scaled variance S = a sigma_t^2 = k b_ghat [fast-scaled].
 

@@ -7,7 +7,7 @@ implement one contract (the signature of
 :func:`vsgd_bayes.torch._single_tensor.single_tensor_vsgd`) and are kept numerically equal by
 ``tests/test_torch_parity.py``:
 
-* ``single_tensor``: a line-by-line port of :mod:`vsgd_bayes.rule`, one tensor at a time;
+* ``single_tensor``: a line-by-line port of :mod:`vsgd_bayes.rules.vsgd`, one tensor at a time;
 * ``foreach``: the same update on lists of tensors with ``torch._foreach_*`` kernels
   (``_foreach.py``);
 * ``fused``: one compiled kernel per (device, dtype) (``_fused.py``: C++ on CPU, Triton on CUDA).
@@ -154,7 +154,7 @@ def vsgd(
     """Functional VSGD: one step on every parameter of the lists, in place.
 
     See :class:`vsgd_bayes.torch.VSGD` for the algorithm and the arguments, and
-    :func:`run_path` for the choice of path and the errors.
+    :func:`~vsgd_bayes.torch._functional.run_path` for the choice of path and the errors.
     """
     run_path(
         _VSGD_PATHS,

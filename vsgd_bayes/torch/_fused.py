@@ -4,7 +4,7 @@ Each element of every parameter is read once (theta, g_hat, mu, b_g, b_ghat) and
 (theta, mu, b_g, b_ghat), with no full-size temporaries: nine values against Adam's seven,
 so the floor is about 9/7 ~= 1.29 times fused Adam's step time. The kernel evaluates the
 single-pass algebraic form of the update documented in :mod:`vsgd_bayes.torch._foreach`
-(the reference is :func:`vsgd_bayes.rule.step`); the per-tensor scalars (functions of each
+(the reference is :func:`vsgd_bayes.rules.vsgd.step`); the per-tensor scalars (functions of each
 tensor's step count) come from :func:`vsgd_bayes.torch._foreach.step_constants`.
 
 * CPU: the C++ kernel ``csrc/vsgd_cpu.cpp`` (``at::parallel_for`` over blocks, a vectorised

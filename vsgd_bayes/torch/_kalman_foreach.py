@@ -1,7 +1,7 @@
 r"""The multi-tensor ("foreach") path of ``KalmanVSGD``: pure PyTorch, nothing compiled.
 
 The arithmetic of the single-tensor path (``_kalman_single_tensor.py``, a port of
-:mod:`vsgd_bayes.kalman_rule`) rearranged so that every quantity is written once into a scratch
+:mod:`vsgd_bayes.rules.kalman`) rearranged so that every quantity is written once into a scratch
 row, and run the way VSGD's foreach path runs (``_foreach.py``, whose batching it shares):
 every tensor is cut into flat blocks of at most ``BLOCK_SIZE`` elements, gathered into batches;
 on CPU a batch of one block is stepped with plain operations writing into five scratch rows

@@ -1,4 +1,4 @@
-r"""The single-tensor path of ``KalmanVSGD``: a line-by-line port of :mod:`vsgd_bayes.kalman_rule`.
+r"""The single-tensor path of ``KalmanVSGD``: a line-by-line port of :mod:`vsgd_bayes.rules.kalman`.
 
 Each function of the JAX rule has its counterpart here with the same name and the same
 arithmetic in the same order, so that this path agrees with the rule to float64 rounding
@@ -96,8 +96,8 @@ def single_tensor_kalman_vsgd(
 ) -> None:
     """One Kalman VSGD step on each parameter, one tensor at a time, in place.
 
-    The step of :func:`vsgd_bayes.kalman_rule.step` with g_hat = -grad when ``maximize``;
-    state lists in the order of :class:`vsgd_bayes.kalman_rule.KalmanVSGDState`; step counters
+    The step of :func:`vsgd_bayes.rules.kalman.step` with g_hat = -grad when ``maximize``;
+    state lists in the order of :class:`vsgd_bayes.rules.kalman.KalmanVSGDState`; step counters
     advanced here. Real tensors only; arithmetic in the state dtype; gradients never modified;
     no validation (done by the optimizer before anything changes).
     """

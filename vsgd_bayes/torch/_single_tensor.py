@@ -1,6 +1,6 @@
 r"""The single-tensor path of the torch VSGD optimizer: a line-by-line port of the JAX rule.
 
-Each function of :mod:`vsgd_bayes.rule` has a counterpart here with the same name and the same
+Each function of :mod:`vsgd_bayes.rules.vsgd` has a counterpart here with the same name and the same
 arithmetic, in the same order, so that this path agrees with the rule to float64 rounding
 (tested in ``tests/test_torch_parity.py``). It loops over the parameters one at a time; the
 foreach and fused paths (``_foreach.py``, ``_fused.py``) implement the same contract faster
@@ -54,7 +54,7 @@ def step_scalars(
 def local_update(
     gradient_mean_prev: Tensor, drift_rate: Tensor, noise_rate: Tensor, gradient: Tensor, shape
 ) -> tuple[Tensor, Tensor]:
-    """(mu_t, sigma_t^2): ``vsgd_bayes.rule.local_update`` [local-mean], [local-variance]."""
+    """(mu_t, sigma_t^2): ``vsgd_bayes.rules.vsgd.local_update`` [local-mean], [local-variance]."""
     drift_precision = shape / drift_rate
     noise_precision = shape / noise_rate
     gradient_variance = (drift_precision + noise_precision).reciprocal_()
@@ -73,7 +73,7 @@ def global_targets(
     variance_ratio: float,
     init: str,
 ) -> tuple[Tensor, Tensor]:
-    """(b'_g, b'_ghat): ``vsgd_bayes.rule.global_targets`` [global-targets]."""
+    """(b'_g, b'_ghat): ``vsgd_bayes.rules.vsgd.global_targets`` [global-targets]."""
     drift_prior_rate, noise_prior_rate = hp.prior_rates(prior_strength, variance_ratio, init)
     drift_rate_target = (
         (gradient_mean - gradient_mean_prev).square_().add_(gradient_variance).mul_(0.5)
@@ -133,7 +133,7 @@ def single_tensor_vsgd(
     kappa_i = ``kappa1``/``kappa2``, lambda = ``weight_decay``, epsilon = ``eps``; the state is
     mu = ``gradient_means``, b_g = ``drift_rates``, b_ghat = ``noise_rates`` and the per-parameter
     step counts ``steps`` (0-dim float32 tensors, advanced here). The step is the one of
-    :func:`vsgd_bayes.rule.step`, with g_hat = -grad when ``maximize``.
+    :func:`vsgd_bayes.rules.vsgd.step`, with g_hat = -grad when ``maximize``.
 
     All tensors are real (complex parameters are viewed as real by the caller). The arithmetic
     runs in the state dtype, promote(param dtype, float32); the parameter keeps its own dtype.

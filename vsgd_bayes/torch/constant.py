@@ -3,8 +3,8 @@ r"""Constant VSGD for PyTorch: VSGD with the noise-to-drift variance ratio held 
 Symbols (paper -> argument): eta = ``lr``, K_g = ``variance_ratio``, gamma = ``prior_strength``,
 kappa = ``kappa``, lambda = ``weight_decay``, epsilon = ``eps``. State per parameter: ``step``,
 ``gradient_mean`` (mu) and ``rate`` (b, the rate of the one shared precision w), the fields of
-:class:`vsgd_bayes.constant_rule.ConstantVSGDState`. This is a port of
-:mod:`vsgd_bayes.constant_rule` (derivation: ``derivations/07_constant_vsgd.md``).
+:class:`vsgd_bayes.rules.constant.ConstantVSGDState`. This is a port of
+:mod:`vsgd_bayes.rules.constant` (derivation: ``derivations/07_constant_vsgd.md``).
 
 Relations to Adam, SGD with momentum, AdamNC and AMSGrad (derived; tested in
 ``tests/test_torch_constant.py``). With beta = K_g / (1 + K_g) and k = 1 - beta:
@@ -24,7 +24,7 @@ Relations to Adam, SGD with momentum, AdamNC and AMSGrad (derived; tested in
   (Reddi, Kale & Kumar 2018) under which such averages converge.
 
 Default ``variance_ratio = 9`` (:data:`vsgd_bayes.hyperparameters.CONSTANT_DEFAULTS`, shared
-with :func:`vsgd_bayes.constant_rule.step`): Constant VSGD's momentum is fixed at
+with :func:`vsgd_bayes.rules.constant.step`): Constant VSGD's momentum is fixed at
 K_g / (1 + K_g) (unlike VSGD, whose momentum b_ghat / (b_g + b_ghat) adapts), so the default
 is the value whose momentum is Adam's and SGD-momentum's well-tried beta_1 = 0.9; VSGD's
 prior ratio 30 would freeze a heavier 0.968.

@@ -5,8 +5,8 @@ Symbols -> arguments: eta = ``lr``, lambda_0 = ``initial_drift_to_noise``, c =
 ``ratio_step_scale``, Delta = ``max_ratio_change``, kappa = ``kappa``, lambda_wd =
 ``weight_decay``, epsilon = ``eps``. State per parameter: ``step``, ``gradient_mean`` (mu),
 ``innovation_variance`` (S), ``log_drift_to_noise`` (phi = ln q/r), ``gain_sensitivity``
-(s = d mu / dk): the fields of :class:`vsgd_bayes.kalman_rule.KalmanVSGDState`. A port of
-:mod:`vsgd_bayes.kalman_rule` (``_kalman_single_tensor.py``) and a foreach path
+(s = d mu / dk): the fields of :class:`vsgd_bayes.rules.kalman.KalmanVSGDState`. A port of
+:mod:`vsgd_bayes.rules.kalman` (``_kalman_single_tensor.py``) and a foreach path
 (``_kalman_foreach.py``), picked by :func:`vsgd_bayes.torch._functional.run_path`.
 """
 

@@ -3,7 +3,7 @@ r"""The production PyTorch VSGD optimizer.
 Symbols (paper -> argument): eta = ``lr``, K_g = ``variance_ratio``, gamma = ``prior_strength``,
 kappa_1, kappa_2 = ``kappa1``, ``kappa2``, lambda = ``weight_decay``, epsilon = ``eps``. The
 per-parameter state holds ``step`` (t), ``gradient_mean`` (mu), ``drift_rate`` (b_g) and
-``noise_rate`` (b_ghat): the field names of :class:`vsgd_bayes.rule.VSGDState`.
+``noise_rate`` (b_ghat): the field names of :class:`vsgd_bayes.rules.vsgd.VSGDState`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class GradientPosterior(NamedTuple):
 
 
 def _prior_rate(index: int):
-    # b_{0,g} = gamma (index 0) or b_{0,g_hat} = K_g gamma (index 1), from hyperparameters.py
+    # b_{0,g} = gamma (index 0) or b_{0,g_hat} = K_g gamma (index 1), from hp.prior_rates
     def init(param: Tensor, group: dict[str, Any], dtype: torch.dtype) -> Tensor:
         rates = hp.prior_rates(group["prior_strength"], group["variance_ratio"], group["init"])
         return filled_like(param, rates[index], dtype)

@@ -2,10 +2,10 @@ r"""VSGD as an optax gradient transformation.
 
 :func:`scale_by_vsgd` turns gradients into the VSGD direction
 mu_t / (sqrt(mu_t^2 + sigma_t^2) + eps) by calling the closed-form rule of
-:mod:`vsgd_bayes.rule` on every leaf; :func:`vsgd` composes it with decoupled weight decay and
+:mod:`vsgd_bayes.rules.vsgd` on every leaf; :func:`vsgd` composes it with decoupled weight decay and
 the learning rate exactly as :func:`optax.adamw` composes :func:`optax.scale_by_adam`. No maths
 is re-implemented here: the rule is the single source of truth and this module is tested to
-be bitwise equal to :func:`vsgd_bayes.rule.step`.
+be bitwise equal to :func:`vsgd_bayes.rules.vsgd.step`.
 
 Conventions of this front end (each one tested in ``tests/test_optax.py``):
 
@@ -21,10 +21,10 @@ Conventions of this front end (each one tested in ``tests/test_optax.py``):
   result equals running VSGD on the real pair. Note that :func:`jax.grad` of a real loss with
   respect to a complex parameter returns the *conjugate* of dL/dx + i dL/dy; as with every
   optax optimizer, pass ``jax.tree.map(jnp.conj, grads)`` to descend.
-* **Dtypes.** The state and the arithmetic use :func:`vsgd_bayes.rule.state_dtype` (the
+* **Dtypes.** The state and the arithmetic use :func:`vsgd_bayes.rules.vsgd.state_dtype` (the
   gradient's dtype, at least float32); the updates are returned in the gradient's dtype
   (float32 stays float32, bfloat16 stays bfloat16).
-* **Sharding.** :meth:`init` called outside ``jax.jit`` on sharded parameters places the state
+* **Sharding.** ``init`` called outside ``jax.jit`` on sharded parameters places the state
   of real leaves with the parameters' sharding (complex leaves, with their extra axis, get the
   default placement); updates keep the gradients' sharding.
 * **Validation** happens when the transformation is built, never inside jitted code; values
@@ -50,7 +50,15 @@ import jax.numpy as jnp
 import optax
 
 from vsgd_bayes import hyperparameters as hp
-from vsgd_bayes import rule
+from vsgd_bayes.optax._common import (
+    as_real,
+    check_unless_traced,
+    from_real,
+    place_like,
+    transpose_states,
+    unzip_updates,
+)
+from vsgd_bayes.rules import vsgd as rule
 
 __all__ = ["ScaleByVSGDState", "scale_by_vsgd", "vsgd"]
 
@@ -58,7 +66,7 @@ __all__ = ["ScaleByVSGDState", "scale_by_vsgd", "vsgd"]
 class ScaleByVSGDState(NamedTuple):
     """State of :func:`scale_by_vsgd`: pytrees with the structure of the parameters.
 
-    The field names are those of :class:`vsgd_bayes.rule.VSGDState` and of the torch
+    The field names are those of :class:`vsgd_bayes.rules.vsgd.VSGDState` and of the torch
     optimizer's state keys. A complex leaf has real ``gradient_mean``, ``drift_rate`` and
     ``noise_rate`` with a trailing axis of size 2 (real part, imaginary part).
 
@@ -73,42 +81,6 @@ class ScaleByVSGDState(NamedTuple):
     gradient_mean: Any
     drift_rate: Any
     noise_rate: Any
-
-
-def _is_traced(value: Any) -> bool:
-    return isinstance(value, jax.core.Tracer)
-
-
-def _validate(**values: Any) -> None:
-    # Called when the transformation is built. Traced values (hyperparameters injected under
-    # jit) cannot be converted to floats, so they cannot be checked; everything else is.
-    for name, value in values.items():
-        if not _is_traced(value):
-            hp.check_hyperparameter(name, value)
-
-
-def _as_real(array: jax.Array) -> jax.Array:
-    """A complex array as real pairs along a new trailing axis; a real array unchanged."""
-    if jnp.iscomplexobj(array):
-        return jnp.stack([jnp.real(array), jnp.imag(array)], axis=-1)
-    return array
-
-
-def _from_real(array: jax.Array, like_dtype) -> jax.Array:
-    """Inverse of :func:`_as_real` for an array in ``like_dtype`` (complex or real)."""
-    if jnp.issubdtype(like_dtype, jnp.complexfloating):
-        return jax.lax.complex(array[..., 0], array[..., 1]).astype(like_dtype)
-    return array.astype(like_dtype)
-
-
-def _place_like(field: jax.Array, param: Any) -> jax.Array:
-    # Outside jit, put a state field where its parameter lives (optax's own states, built
-    # with zeros_like, do the same). Inside jit the compiler propagates the sharding.
-    if _is_traced(param) or not isinstance(param, jax.Array):
-        return field
-    if field.shape != param.shape:  # complex leaf: the trailing pair axis has no sharding
-        return field
-    return jax.device_put(field, param.sharding)
 
 
 def scale_by_vsgd(
@@ -140,8 +112,8 @@ def scale_by_vsgd(
             + t^{-\kappa_2}\left(K_g\gamma + \tfrac12(\sigma_t^2 + (\mu_t-\hat g_t)^2)\right) \\
         u_t &= \mu_t / (\sqrt{\mu_t^2 + \sigma_t^2} + \epsilon)
 
-    The update of each leaf is computed by :func:`vsgd_bayes.rule.posterior_update` followed
-    by :func:`vsgd_bayes.rule.normalized_direction`; see the module docstring for per-leaf
+    The update of each leaf is computed by :func:`vsgd_bayes.rules.vsgd.posterior_update` followed
+    by :func:`vsgd_bayes.rules.vsgd.normalized_direction`; see the module docstring for per-leaf
     counters, ``None`` gradients, complex leaves, dtypes and sharding.
 
     Args:
@@ -173,7 +145,7 @@ def scale_by_vsgd(
         Chen, Kuzina, Esmaeili & Tomczak, "Variational Stochastic Gradient Descent for Deep
         Neural Networks", 2024, Algorithm 1, https://arxiv.org/abs/2404.06549
     """
-    _validate(
+    check_unless_traced(
         variance_ratio=variance_ratio,
         prior_strength=prior_strength,
         kappa1=kappa1,
@@ -184,21 +156,21 @@ def scale_by_vsgd(
 
     def init_leaf(param):
         leaf_state = rule.init_state(
-            _as_real(jnp.asarray(param)),
+            as_real(jnp.asarray(param)),
             prior_strength=prior_strength,
             variance_ratio=variance_ratio,
             init=init,
         )
         return rule.VSGDState(
             step=leaf_state.step,
-            gradient_mean=_place_like(leaf_state.gradient_mean, param),
-            drift_rate=_place_like(leaf_state.drift_rate, param),
-            noise_rate=_place_like(leaf_state.noise_rate, param),
+            gradient_mean=place_like(leaf_state.gradient_mean, param),
+            drift_rate=place_like(leaf_state.drift_rate, param),
+            noise_rate=place_like(leaf_state.noise_rate, param),
         )
 
     def init_fn(params):
         leaf_states = jax.tree.map(init_leaf, params)
-        return _transpose(
+        return transpose_states(
             leaf_states, jax.tree.structure(params), rule.VSGDState, ScaleByVSGDState
         )
 
@@ -207,7 +179,7 @@ def scale_by_vsgd(
         if gradient is None:  # no gradient for this leaf: skip it, like torch's grad None
             return None, leaf_state
         gradient_variance, leaf_state = rule.posterior_update(
-            _as_real(gradient),
+            as_real(gradient),
             leaf_state,
             variance_ratio=variance_ratio,
             prior_strength=prior_strength,
@@ -218,7 +190,7 @@ def scale_by_vsgd(
         direction = rule.normalized_direction(
             leaf_state.gradient_mean, gradient_variance, eps
         )
-        return _from_real(direction, gradient.dtype), leaf_state
+        return from_real(direction, gradient.dtype), leaf_state
 
     def update_fn(updates, state, params=None):
         del params  # VSGD's direction does not depend on the parameters
@@ -231,32 +203,9 @@ def scale_by_vsgd(
             state.noise_rate,
             is_leaf=lambda x: x is None,
         )
-        return _unzip_updates(pairs, updates, rule.VSGDState, ScaleByVSGDState)
+        return unzip_updates(pairs, updates, rule.VSGDState, ScaleByVSGDState)
 
     return optax.GradientTransformation(init_fn, update_fn)
-
-
-def _transpose(leaf_states, structure, leaf_type: type, state_type: type):
-    """A tree of per-leaf states (``leaf_type``, e.g. ``rule.VSGDState``) -> one ``state_type``
-    (e.g. ``ScaleByVSGDState``, with the same field names) holding a tree of ``structure`` per
-    field."""
-    is_leaf_state = lambda x: isinstance(x, leaf_type)
-    leaves = jax.tree.leaves(leaf_states, is_leaf=is_leaf_state)
-    return state_type(**{
-        name: jax.tree.unflatten(structure, [getattr(leaf, name) for leaf in leaves])
-        for name in leaf_type._fields
-    })
-
-
-def _unzip_updates(pairs, updates, leaf_type: type, state_type: type):
-    """The tree of ``(update, leaf state)`` pairs returned per leaf -> ``(updates, state)``:
-    the updates with the structure of ``updates`` (None leaves kept) and the leaf states
-    transposed into one ``state_type``."""
-    is_pair = lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], leaf_type)
-    new_updates = jax.tree.map(lambda pair: pair[0], pairs, is_leaf=is_pair)
-    leaf_states = jax.tree.map(lambda pair: pair[1], pairs, is_leaf=is_pair)
-    structure = jax.tree.structure(updates, is_leaf=lambda x: x is None)
-    return new_updates, _transpose(leaf_states, structure, leaf_type, state_type)
 
 
 def vsgd(
@@ -284,7 +233,7 @@ def vsgd(
     optax.scale_by_learning_rate(learning_rate))``, the way :func:`optax.adamw` is built. A
     schedule eta_t is evaluated at the number of updates so far and used for both terms, as
     the authors' code reads the current learning rate for the decay and the step. With
-    ``weight_decay=0`` the result is bitwise equal to :func:`vsgd_bayes.rule.step`; otherwise
+    ``weight_decay=0`` the result is bitwise equal to :func:`vsgd_bayes.rules.vsgd.step`; otherwise
     it equals it up to the rounding of the two algebraically equal forms above.
 
     Args:
@@ -326,7 +275,7 @@ def vsgd(
         Neural Networks", 2024, https://arxiv.org/abs/2404.06549;
         Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
     """
-    _validate(lr=learning_rate, weight_decay=weight_decay)
+    check_unless_traced(lr=learning_rate, weight_decay=weight_decay)
     return optax.chain(
         scale_by_vsgd(
             variance_ratio=variance_ratio,

@@ -1,9 +1,10 @@
 r"""``vsgd-bayes validate``: check the closed-form updates of the rule against the ELBO.
 
-The closed-form updates in :mod:`vsgd_bayes.rule` (local update, global targets, SVI blend)
+The closed-form updates in :mod:`vsgd_bayes.rules.vsgd` (local update, global targets, SVI blend)
 are claimed to be coordinate-ascent and natural-gradient steps on the one-step ELBO of
-:mod:`vsgd_bayes.elbo`, which in turn is claimed to be the ELBO of the NumPyro model
-:func:`vsgd_bayes.model.one_step_model` with the guide :func:`vsgd_bayes.model.one_step_guide`.
+:mod:`vsgd_bayes.rules.elbo`, which in turn is claimed to be the ELBO of the NumPyro model
+:func:`vsgd_bayes.models.vsgd.one_step_model` with the guide
+:func:`vsgd_bayes.models.vsgd.one_step_guide`.
 Seven checks, each over randomly drawn cases (float64, wide log-ranges, both signs, both
 initialisations a_0 = gamma and gamma + 5e-5):
 
@@ -22,7 +23,7 @@ initialisations a_0 = gamma and gamma + 5e-5):
    rho_t = t^(-kappa)): the composition, which checks 1-6 take apart, is checked whole.
 
 Errors of checks 1-2 are Newton steps -H^-1 grad (the distance to the stationary point that
-the local curvature predicts): relative to the data scale |mu_{t-1}| + |g_hat| for mu and
+the local curvature predicts): relative to the data scale ``|mu_{t-1}| + |g_hat|`` for mu and
 absolute for log-parameters. That is dimensionless and does not blow up where the gradient's
 terms nearly cancel (a gain k ~ 1e-12 leaves mu - mu_{t-1} with a relative rounding error of
 ~1e-4, which a gradient-relative measure would flag although mu itself is exact to 1 ulp).
@@ -40,9 +41,7 @@ Example:
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import jax
@@ -53,13 +52,29 @@ from jax.scipy.special import gammaln
 from numpyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from numpyro.optim import optax_to_numpyro
 
-from vsgd_bayes import elbo as elbo_module
 from vsgd_bayes import hyperparameters as hp
-from vsgd_bayes import rule
-from vsgd_bayes.elbo import OneStepVariational
-from vsgd_bayes.model import guide_variational, one_step_guide, one_step_model
+from vsgd_bayes.models.vsgd import guide_variational, one_step_guide, one_step_model
+from vsgd_bayes.rules import elbo as elbo_module
+from vsgd_bayes.rules import vsgd as rule
+from vsgd_bayes.rules.elbo import OneStepVariational
+from vsgd_bayes.validation.harness import (
+    CheckResult,
+    checked_run_arguments,
+    format_table,
+    log_uniform,
+    signed_log_uniform,
+    worst_case_result,
+)
 
-__all__ = ["CheckResult", "Updates", "draw_cases", "run_checks", "format_table", "TOLERANCES"]
+__all__ = [
+    "CheckResult",
+    "Updates",
+    "CHECKS",
+    "draw_cases",
+    "run_checks",
+    "format_table",
+    "TOLERANCES",
+]
 
 #: Tolerance of each check, with its reason.
 TOLERANCES: dict[str, float] = {
@@ -81,34 +96,6 @@ TOLERANCES: dict[str, float] = {
 }
 
 
-@dataclass(frozen=True)
-class CheckResult:
-    """Outcome of one check: the worst error over its cases against its tolerance."""
-
-    name: str
-    cases: int
-    worst_error: float
-    tolerance: float
-    detail: str = ""
-    extra: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        # A NaN error must fail, hence the explicit finiteness test.
-        return math.isfinite(self.worst_error) and self.worst_error <= self.tolerance
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "cases": self.cases,
-            "worst_error": self.worst_error,
-            "tolerance": self.tolerance,
-            "passed": self.passed,
-            "detail": self.detail,
-            **self.extra,
-        }
-
-
 class Updates(NamedTuple):
     """The closed-form updates under test (defaults: the rule's). A test hook: a test passes a
     deliberately broken function to show that the matching check fails."""
@@ -126,14 +113,6 @@ class Updates(NamedTuple):
 # --------------------------------------------------------------------------------------------
 
 
-def _log_uniform(rng: np.random.Generator, low: float, high: float, size: int) -> np.ndarray:
-    return 10.0 ** rng.uniform(math.log10(low), math.log10(high), size)
-
-
-def _signed_log_uniform(rng, low, high, size):
-    return rng.choice([-1.0, 1.0], size) * _log_uniform(rng, low, high, size)
-
-
 def draw_cases(seed: int, cases: int) -> dict[str, np.ndarray]:
     """Random one-step problems and VSGD states over wide log-ranges (float64 numpy arrays).
 
@@ -144,33 +123,33 @@ def draw_cases(seed: int, cases: int) -> dict[str, np.ndarray]:
     sigma^2 in [1e-12, 1e6]; Gamma shapes of an arbitrary q in [1e-2, 1e2].
     """
     rng = np.random.default_rng(seed)
-    prior_strength = _log_uniform(rng, 1e-10, 10.0, cases)
+    prior_strength = log_uniform(rng, 1e-10, 10.0, cases)
     inits = [hp.INITS[i % len(hp.INITS)] for i in range(cases)]
     prior_shape = np.array([hp.prior_shape(g, init) for g, init in zip(prior_strength, inits)])
-    gradient_mean_prev = _signed_log_uniform(rng, 1e-6, 1e3, cases)
-    gradient = _signed_log_uniform(rng, 1e-6, 1e3, cases)
+    gradient_mean_prev = signed_log_uniform(rng, 1e-6, 1e3, cases)
+    gradient = signed_log_uniform(rng, 1e-6, 1e3, cases)
     first_step = rng.random(cases) < 0.5
     return dict(
         gradient_mean_prev=gradient_mean_prev,
         gradient=gradient,
         prior_strength=prior_strength,
-        variance_ratio=_log_uniform(rng, 0.1, 1e4, cases),
+        variance_ratio=log_uniform(rng, 0.1, 1e4, cases),
         prior_shape=prior_shape,
         init_is_reference=np.array([init == "reference" for init in inits]),
         shape_before_step=np.where(first_step, prior_shape, prior_shape + 0.5),
-        drift_rate=_log_uniform(rng, 1e-10, 1e4, cases),
-        noise_rate=_log_uniform(rng, 1e-10, 1e4, cases),
+        drift_rate=log_uniform(rng, 1e-10, 1e4, cases),
+        noise_rate=log_uniform(rng, 1e-10, 1e4, cases),
         step_size=1.0 - rng.random(cases),  # in (0, 1]
         # An arbitrary q(g) and Gamma shapes, for checks that start anywhere.
         gradient_mean=gradient_mean_prev + rng.uniform(-0.5, 1.5, cases) * (
             gradient - gradient_mean_prev
         ),
-        gradient_variance=_log_uniform(rng, 1e-12, 1e6, cases),
-        drift_shape=_log_uniform(rng, 1e-2, 1e2, cases),
-        noise_shape=_log_uniform(rng, 1e-2, 1e2, cases),
+        gradient_variance=log_uniform(rng, 1e-12, 1e6, cases),
+        drift_shape=log_uniform(rng, 1e-2, 1e2, cases),
+        noise_shape=log_uniform(rng, 1e-2, 1e2, cases),
         # Current rate / its CAVI target, for the natural-gradient check (see there).
-        drift_rate_over_target=_log_uniform(rng, 1e-3, 1e3, cases),
-        noise_rate_over_target=_log_uniform(rng, 1e-3, 1e3, cases),
+        drift_rate_over_target=log_uniform(rng, 1e-3, 1e3, cases),
+        noise_rate_over_target=log_uniform(rng, 1e-3, 1e3, cases),
     )
 
 
@@ -394,9 +373,9 @@ def _check_elbo_estimator(seed, cases, updates: Updates) -> CheckResult:
     q = OneStepVariational(
         gradient_mean=cases["gradient_mean"],
         gradient_variance=cases["gradient_variance"],
-        drift_shape=_log_uniform(rng, 0.3, 30.0, num_cases),
+        drift_shape=log_uniform(rng, 0.3, 30.0, num_cases),
         drift_rate=cases["drift_rate"],
-        noise_shape=_log_uniform(rng, 0.3, 30.0, num_cases),
+        noise_shape=log_uniform(rng, 0.3, 30.0, num_cases),
         noise_rate=cases["noise_rate"],
     )
     estimator = Trace_ELBO(num_particles=_ESTIMATOR_PARTICLES, vectorize_particles=True)
@@ -475,21 +454,21 @@ def _draw_svi_cases(seed: int, cases: int) -> dict[str, np.ndarray]:
     """Well-posed one-step problems: gamma / (g_hat - mu_{t-1})^2 in [1e-2, 1e2].
 
     Below ~1e-4 the priors are close to the improper 1/w and the one-step ELBO has an almost
-    flat ridge (see :func:`vsgd_bayes.elbo.cavi_optimum`), so "the optimum" is not a
+    flat ridge (see :func:`vsgd_bayes.rules.elbo.cavi_optimum`), so "the optimum" is not a
     well-defined target; the other checks cover that range.
     """
     rng = np.random.default_rng(seed + 2)
-    prior_strength = _log_uniform(rng, 0.3, 10.0, cases)
+    prior_strength = log_uniform(rng, 0.3, 10.0, cases)
     inits = [hp.INITS[i % len(hp.INITS)] for i in range(cases)]
     residual = rng.choice([-1.0, 1.0], cases) * np.sqrt(
-        prior_strength / _log_uniform(rng, 1e-2, 1e2, cases)
+        prior_strength / log_uniform(rng, 1e-2, 1e2, cases)
     )
-    gradient_mean_prev = _signed_log_uniform(rng, 1e-3, 1e2, cases)
+    gradient_mean_prev = signed_log_uniform(rng, 1e-3, 1e2, cases)
     return dict(
         gradient_mean_prev=gradient_mean_prev,
         gradient=gradient_mean_prev + residual,
         prior_strength=prior_strength,
-        variance_ratio=_log_uniform(rng, 0.1, 1e3, cases),
+        variance_ratio=log_uniform(rng, 0.1, 1e3, cases),
         prior_shape=np.array([hp.prior_shape(g, init) for g, init in zip(prior_strength, inits)]),
     )
 
@@ -600,19 +579,19 @@ def _check_composed_step(seed: int, cases: int, updates: Updates) -> CheckResult
     rng = np.random.default_rng(seed + 5)
     errors = []
     for init in hp.INITS:
-        prior_strength = _log_uniform(rng, 1e-10, 1.0, cases)
-        variance_ratio = _log_uniform(rng, 0.1, 1e3, cases)
+        prior_strength = log_uniform(rng, 1e-10, 1.0, cases)
+        variance_ratio = log_uniform(rng, 0.1, 1e3, cases)
         kappa1, kappa2 = 1.0 - 0.5 * rng.random(cases), 1.0 - 0.5 * rng.random(cases)  # (0.5, 1]
         options = dict(variance_ratio=variance_ratio, prior_strength=prior_strength,
                        kappa1=kappa1, kappa2=kappa2, init=init)
-        lr, weight_decay = _log_uniform(rng, 1e-4, 1.0, cases), rng.uniform(0.0, 0.1, cases)
+        lr, weight_decay = log_uniform(rng, 1e-4, 1.0, cases), rng.uniform(0.0, 0.1, cases)
         params = jnp.asarray(rng.normal(size=cases))
         state = rule.init_state(params, prior_strength, variance_ratio, init=init)
         drift_prior_rate, noise_prior_rate = hp.prior_rates(prior_strength, variance_ratio, init)
         errors += [_relative(state.drift_rate, drift_prior_rate, drift_prior_rate),
                    _relative(state.noise_rate, noise_prior_rate, noise_prior_rate)]
         for t in range(1, _COMPOSED_STEPS + 1):
-            gradient = jnp.asarray(_signed_log_uniform(rng, 1e-6, 1e3, cases))
+            gradient = jnp.asarray(signed_log_uniform(rng, 1e-6, 1e3, cases))
             # By hand: the shape before step t, the local update, the targets, the blend with
             # rho_t = t^-kappa, the parameter step.
             shape = hp.shape_before_step(t, prior_strength, init)
@@ -663,11 +642,10 @@ def _check_composed_step(seed: int, cases: int, updates: Updates) -> CheckResult
 
 
 def _result(name: str, errors, detail: str) -> CheckResult:
-    errors = np.asarray(errors)
-    # NaN anywhere must fail: np.max propagates it and CheckResult.passed rejects it.
-    return CheckResult(name, int(errors.size), float(np.max(errors)), TOLERANCES[name], detail)
+    return worst_case_result(name, errors, TOLERANCES[name], detail)
 
 
+#: The names of the VSGD checks, in the order they run.
 CHECKS = (
     "local_stationary",
     "global_stationary",
@@ -677,25 +655,6 @@ CHECKS = (
     "svi_converges",
     "composed_step",
 )
-
-
-def checked_run_arguments(
-    seed: int, cases: int, only: list[str] | None, checks: tuple[str, ...]
-) -> list[str]:
-    """The names of the checks to run, after validating ``run_checks``'s arguments.
-
-    Raises ``ValueError`` naming the argument and the value: ``cases`` must be a positive
-    integer, ``seed`` a non-negative integer, ``only`` names among ``checks``.
-    """
-    if isinstance(cases, bool) or not isinstance(cases, int) or cases < 1:
-        raise ValueError(f"Invalid cases: {cases!r} (must be a positive integer)")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"Invalid seed: {seed!r} (must be a non-negative integer)")
-    names = list(checks if only is None else only)
-    unknown = [name for name in names if name not in checks]
-    if unknown:
-        raise ValueError(f"Invalid only: {unknown!r} (must be among {checks})")
-    return names
 
 
 def run_checks(
@@ -736,15 +695,3 @@ def _run(seed: int, cases: int, updates: Updates, names: list[str]) -> list[Chec
         "composed_step": lambda: _check_composed_step(seed, cases, updates),
     }
     return [runners[name]() for name in CHECKS if name in names]
-
-
-def format_table(results: list[CheckResult]) -> str:
-    """The results as a plain-text table (check, cases, worst error, tolerance, pass)."""
-    header = f"{'check':<20} {'cases':>5} {'worst error':>12} {'tolerance':>10}  pass"
-    lines = [header, "-" * len(header)]
-    for r in results:
-        lines.append(
-            f"{r.name:<20} {r.cases:>5} {r.worst_error:>12.3e} {r.tolerance:>10.1e}  "
-            f"{'yes' if r.passed else 'NO'}"
-        )
-    return "\n".join(lines)

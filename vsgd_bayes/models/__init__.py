@@ -1,0 +1,8 @@
+"""The generative models of true and noisy gradients, written explicitly in NumPyro.
+
+* :mod:`~vsgd_bayes.models.vsgd`: VSGD's model (the true gradient a random walk, the
+  mini-batch gradient its noisy observation, Gamma priors on both precisions), the one-step
+  model and guide whose ELBO the closed-form updates optimise, and a simulator of gradient
+  streams. Constant VSGD and Kalman VSGD are inference schemes for the same model (Constant
+  VSGD with the ratio of the precisions fixed), so they have no model of their own.
+"""
