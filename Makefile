@@ -9,7 +9,7 @@ TORCH_PIN ?= torch==2.13.0
 # environment (--target) so that the CPU torch never imports it.
 TRITON_PIN ?= triton==3.9.0
 
-.PHONY: setup setup-test demo validate test bench clean
+.PHONY: setup setup-test demo validate test bench docs clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -39,5 +39,11 @@ test: setup-test
 bench: setup
 	$(PY) benchmarks/step_time.py
 
+# The API reference site: the notebooks are executed first (small settings), then rendered.
+docs: setup
+	$(PY) docs/execute_notebooks.py docs/_build/notebooks
+	VSGD_DOCS_NOTEBOOKS=docs/_build/notebooks $(PY) -m sphinx -b html -W --keep-going docs docs/_build/html
+	@echo "open docs/_build/html/index.html"
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache docs/_build docs/_generated

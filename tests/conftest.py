@@ -38,3 +38,45 @@ if importlib.util.find_spec("torch") is not None:
 @pytest.fixture
 def data_dir() -> pathlib.Path:
     return DATA_DIR
+
+
+def _load_notebook_runner():
+    # docs/execute_notebooks.py is a script of the docs, not a module of the package.
+    path = pathlib.Path(__file__).resolve().parents[1] / "docs" / "execute_notebooks.py"
+    spec = importlib.util.spec_from_file_location("execute_notebooks", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def executed_notebooks(tmp_path_factory):
+    """``run(name) -> (notebook, results)``: executes ``notebooks/<name>`` once per session.
+
+    The notebook tests check the numbers each notebook records, the documentation test renders
+    the same executed notebooks (written to ``run.out_dir``), so each notebook runs once.
+    """
+    import json
+
+    import nbformat
+
+    runner = _load_notebook_runner()
+    scratch = tmp_path_factory.mktemp("notebooks")
+    out_dir = scratch / "executed"
+    out_dir.mkdir()
+    done: dict[str, tuple] = {}
+
+    def run(name: str):
+        if name not in done:
+            results_path = scratch / f"{name}.results.json"
+            env = runner.kernel_environment(scratch, results_path)
+            work_dir = scratch / f"{name}.run"
+            work_dir.mkdir()
+            notebook = runner.execute_notebook(runner.NOTEBOOK_DIR / name, work_dir, env)
+            nbformat.write(notebook, out_dir / f"{pathlib.Path(name).stem}.ipynb")
+            done[name] = (notebook, json.loads(results_path.read_text()))
+        return done[name]
+
+    run.out_dir = out_dir
+    run.names = [path.name for path in runner.notebook_paths()]
+    return run

@@ -1,69 +1,21 @@
 """Executes the text notebooks of ``notebooks/`` with their small (CI) settings.
 
-Each notebook is a jupytext "percent" file; it is converted to a notebook in memory and run
-by nbclient in a temporary directory on a kernel that points at this interpreter (so the
-venv's packages are the ones imported). A notebook writes its key numbers to the JSON file
-named by ``VSGD_NOTEBOOK_RESULTS``; the tests check that no cell fails and that those numbers
-make sense.
+Each notebook is a jupytext "percent" file, run by ``docs/execute_notebooks.py`` (through the
+session fixture ``executed_notebooks`` of ``conftest.py``, which the documentation test shares)
+on a kernel of this interpreter. A notebook writes its key numbers to the JSON file named by
+``VSGD_NOTEBOOK_RESULTS``; the tests check that no cell fails and that those numbers make
+sense.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import pathlib
-import sys
-
-import jupytext
-import nbclient
-import pytest
-
-NOTEBOOK_DIR = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
-KERNEL_NAME = "vsgd-bayes-test-python"
-#: Per-cell limit; the three notebooks together take a few minutes on 2 cores.
-CELL_TIMEOUT_S = 600
 
 
-@pytest.fixture
-def kernel_environment(tmp_path, monkeypatch):
-    """A kernelspec for the running interpreter, found through JUPYTER_PATH."""
-    spec_dir = tmp_path / "jupyter" / "kernels" / KERNEL_NAME
-    spec_dir.mkdir(parents=True)
-    spec = {
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "vsgd_bayes test kernel",
-        "language": "python",
-    }
-    (spec_dir / "kernel.json").write_text(json.dumps(spec))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    # Small settings, non-interactive plots, and where the notebook reports its numbers.
-    monkeypatch.delenv("VSGD_NOTEBOOK_FULL", raising=False)
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("VSGD_NOTEBOOK_DIR", str(NOTEBOOK_DIR))
-    # The kernel imports the checkout under test, not whichever copy is installed in the venv
-    # (an editable install of another checkout would otherwise be run).
-    path = [str(NOTEBOOK_DIR.parent), *filter(None, [os.environ.get("PYTHONPATH")])]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path))
-    results_path = tmp_path / "results.json"
-    monkeypatch.setenv("VSGD_NOTEBOOK_RESULTS", str(results_path))
-    work_dir = tmp_path / "run"
-    work_dir.mkdir()
-    return work_dir, results_path
-
-
-def execute_notebook(name: str, kernel_environment) -> dict:
-    """Runs notebooks/<name> and returns the numbers it recorded."""
-    work_dir, results_path = kernel_environment
-    notebook = jupytext.read(NOTEBOOK_DIR / name)
-    client = nbclient.NotebookClient(
-        notebook,
-        timeout=CELL_TIMEOUT_S,
-        kernel_name=KERNEL_NAME,
-        resources={"metadata": {"path": str(work_dir)}},
-    )
-    # execute() raises CellExecutionError (with the cell's traceback) at the first failing cell.
-    client.execute()
+def execute_notebook(name: str, executed_notebooks) -> dict:
+    """Runs notebooks/<name> (once per session) and returns the numbers it recorded."""
+    notebook, results = executed_notebooks(name)
+    # execute() raised CellExecutionError at the first failing cell; no error output remains.
     errors = [
         output
         for cell in notebook.cells
@@ -72,11 +24,11 @@ def execute_notebook(name: str, kernel_environment) -> dict:
         if output.get("output_type") == "error"
     ]
     assert errors == []
-    return json.loads(results_path.read_text())
+    return results
 
 
-def test_derivation_walkthrough(kernel_environment):
-    results = execute_notebook("01_derivation_walkthrough.py", kernel_environment)
+def test_derivation_walkthrough(executed_notebooks):
+    results = execute_notebook("01_derivation_walkthrough.py", executed_notebooks)
     for key in [
         "rmse_observed",
         "rmse_kalman",
@@ -107,8 +59,8 @@ def test_derivation_walkthrough(kernel_environment):
     assert gap < 3.0 * max(results["nuts_last_sd"], results["kalman_short_last_sd"])
 
 
-def test_validate_against_elbo(kernel_environment):
-    results = execute_notebook("02_validate_against_elbo.py", kernel_environment)
+def test_validate_against_elbo(executed_notebooks):
+    results = execute_notebook("02_validate_against_elbo.py", executed_notebooks)
     # Every exact CAVI update maximises the ELBO over its factor: no decrease beyond float64
     # round-off of an ELBO of size ~14 (1e-12), and 25 rounds reach cavi_optimum.
     assert results["cavi_min_increment"] > -1e-12
@@ -138,8 +90,8 @@ def test_validate_against_elbo(kernel_environment):
         assert math.isfinite(trace["last"]) and trace["last"] > trace["first"], name
 
 
-def test_train_with_vsgd(kernel_environment):
-    results = execute_notebook("03_train_with_vsgd.py", kernel_environment)
+def test_train_with_vsgd(executed_notebooks):
+    results = execute_notebook("03_train_with_vsgd.py", executed_notebooks)
     # An MLP on digits reaches ~0.95-0.98; 0.85 leaves room for seeds and thread counts.
     for name in ["VSGD", "AdamW", "SGD-momentum"]:
         assert results["test_accuracy"][name] > 0.85, name
@@ -152,8 +104,8 @@ def test_train_with_vsgd(kernel_environment):
     assert 0.0 <= results["share_signal_to_noise_above_1"] <= 1.0
 
 
-def test_calibration(kernel_environment):
-    results = execute_notebook("04_calibration.py", kernel_environment)
+def test_calibration(executed_notebooks):
+    results = execute_notebook("04_calibration.py", executed_notebooks)
     synthetic = results["synthetic"]
     # The exact filter is calibrated within 2 points at every level (20,000 coordinates:
     # sampling sd <= 0.35 points); sigma x 3 and sigma / 3 are flagged.
