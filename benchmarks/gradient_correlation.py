@@ -88,7 +88,8 @@ def nearest_kronecker(covariance: np.ndarray, rows: int, cols: int,
     1993): the top singular pair of the rearranged C. ``arrange`` is a hook for the tests'
     broken twin."""
     left, singular, right = np.linalg.svd(arrange(covariance, rows, cols))
-    sign = 1.0 if left[:, 0].sum() >= 0 else -1.0  # U, V positive on the whole for an SPD C
+    # the pair's sign is free (U (x) V = (-U) (x) (-V)): take tr U >= 0, as for an SPD C
+    sign = 1.0 if np.trace(left[:, 0].reshape(rows, rows)) >= 0 else -1.0
     scale = np.sqrt(singular[0])
     return (sign * scale * left[:, 0].reshape(rows, rows),
             sign * scale * right[0].reshape(cols, cols))
