@@ -1,0 +1,133 @@
+"""The instruments of benchmarks/gradient_correlation.py (CORRELATION.md): the Van Loan-Pitsianis
+Kronecker fit, the energy and rank functions, the checks of the check, a broken twin, and the
+--quick run's JSON."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "gradient_correlation.py"
+
+
+@pytest.fixture(scope="module")
+def gc():
+    spec = importlib.util.spec_from_file_location("gradient_correlation", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _spd(rng, n):
+    factor = rng.normal(size=(n, n))
+    return factor @ factor.T + np.eye(n)
+
+
+def test_nearest_kronecker_recovers_an_exact_product(gc):
+    rng = np.random.default_rng(0)
+    u, v = _spd(rng, 3), _spd(rng, 5)
+    covariance = np.kron(u, v)
+    fitted_u, fitted_v = gc.nearest_kronecker(covariance, 3, 5)
+    # float64 SVD of a 9 x 25 matrix: error at the level of machine precision
+    assert gc.relative_error(covariance, np.kron(fitted_u, fitted_v)) < 1e-13
+    # the factors up to the scalar U -> cU, V -> V/c, and positive (the sign fixed)
+    ratio = fitted_u / u
+    assert np.allclose(ratio, ratio[0, 0], rtol=1e-12) and ratio[0, 0] > 0
+
+
+def test_rearrangement_maps_a_kronecker_product_to_rank_one(gc):
+    rng = np.random.default_rng(1)
+    u, v = rng.normal(size=(2, 2)), rng.normal(size=(4, 4))
+    rearranged = gc.rearrange(np.kron(u, v), 2, 4)
+    assert np.allclose(rearranged, np.outer(u.reshape(-1), v.reshape(-1)), atol=1e-14)
+
+
+def test_broken_twin_rearrangement_fails(gc):
+    # Without the transpose the "rearrangement" is a plain reshape: it must not recover U (x) V.
+    rng = np.random.default_rng(2)
+    covariance = np.kron(_spd(rng, 4), _spd(rng, 4))
+    broken = gc.nearest_kronecker(covariance, 4, 4,
+                                  arrange=lambda c, r, k: c.reshape(r * r, k * k))
+    assert gc.relative_error(covariance, np.kron(*broken)) > 0.3
+
+
+def test_energy_and_rank_functions_on_hand_computed_examples(gc):
+    # [[2, 1], [1, 2]]: off-diagonal energy 2 of 10; eigenvalues 3, 1
+    c = np.array([[2.0, 1.0], [1.0, 2.0]])
+    assert gc.offdiag_share(c) == pytest.approx(0.2, abs=1e-15)
+    p = np.array([0.75, 0.25])
+    assert gc.effective_rank(c) == pytest.approx(np.exp(-np.sum(p * np.log(p))), rel=1e-12)
+    assert gc.participation_ratio(c) == pytest.approx(16 / 10, rel=1e-15)
+    assert gc.effective_rank(np.eye(7)) == pytest.approx(7, rel=1e-12)
+    assert gc.effective_rank(np.outer([1.0, 2, 3], [1.0, 2, 3])) == pytest.approx(1, rel=1e-6)
+    assert np.allclose(gc.correlation(np.diag([4.0, 9.0]) + 0), np.eye(2))
+    assert gc.correlation(np.array([[4.0, 3.0], [3.0, 9.0]]))[0, 1] == pytest.approx(0.5)
+    # the floor: d = 2, unit variances, M = 11: off 2/10, diagonal 2 (1 + 0.2)
+    assert gc.offdiag_share_floor(np.ones(2), 11) == pytest.approx(0.2 / (0.2 + 2.4))
+
+
+def test_floor_matches_monte_carlo(gc):
+    # The closed-form floor against 400 sample covariances of a diagonal Gaussian truth
+    rng = np.random.default_rng(3)
+    variances = 10 ** rng.uniform(-1, 1, size=12)
+    samples = 48
+    off, total = 0.0, 0.0
+    for _ in range(400):
+        c = np.cov(rng.normal(size=(samples, 12)) * np.sqrt(variances), rowvar=False)
+        total += np.sum(c**2)
+        off += np.sum(c**2) - np.sum(np.diag(c) ** 2)
+    # ratio of mean energies; 400 repeats: a few per cent of Monte Carlo error
+    assert off / total == pytest.approx(gc.offdiag_share_floor(variances, samples), rel=0.05)
+
+
+def test_checks_of_the_check_pass_at_the_real_size(gc):
+    result = gc.self_check(8, 8, 256, seed=1)  # asserts inside; values checked again here
+    floor = result["diagonal_offdiag_share_floor"]
+    assert abs(result["diagonal_offdiag_share"] - floor) < 0.2 * floor
+    assert result["kronecker_fit_error_against_truth"] < result["kronecker_sample_error"]
+
+
+def test_diagonal_plus_kronecker_recovers_its_model(gc):
+    rng = np.random.default_rng(4)
+    u, v = rng.normal(size=(3, 3)), rng.normal(size=(4, 4))
+    covariance = np.diag(rng.uniform(1, 4, size=12)) + np.kron(u @ u.T, v @ v.T)
+    alone = gc.relative_error(covariance, np.kron(*gc.nearest_kronecker(covariance, 3, 4)))
+    fitted = gc.diagonal_plus_kronecker(covariance, 3, 4, iterations=500)
+    # alternating least squares converges slowly along the diagonal / Kronecker trade-off
+    # (a multiple of I (x) I is in both): asked to do far better than the Kronecker fit alone
+    assert gc.relative_error(covariance, fitted) < 0.2 * alone
+
+
+def test_structure_reads_a_diagonal_truth_at_its_floor(gc):
+    rng = np.random.default_rng(5)
+    readings = [gc.covariance_structure(rng.normal(size=(256, 64)) * np.linspace(0.5, 2, 64),
+                                        8, 8, seed=k) for k in range(5)]
+    share = np.mean([r["offdiag_share"] for r in readings])
+    floor = np.mean([r["offdiag_share_floor"] for r in readings])
+    assert share == pytest.approx(floor, rel=0.1)
+    assert abs(np.mean([r["offdiag_share_debiased"] for r in readings])) < 0.1 * floor
+
+
+def test_quick_run_writes_the_documented_json(gc, tmp_path):
+    gc.main(["--quick", "--seeds", "2", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "results_quick.json").read_text())
+    assert {"command", "settings", "seeds", "check_of_the_check", "runs", "summary",
+            "wall_seconds"} <= set(result)
+    assert result["seeds"] == [0, 1]
+    assert {run["optimizer"] for run in result["runs"]} == {"adamw", "vsgd"}
+    run = result["runs"][0]
+    assert [c["step"] for c in run["checkpoints"]] == result["settings"]["checkpoints"]
+    keys = {key for key, _ in gc.COLUMNS} | {"dimension", "samples", "participation_ratio",
+                                             "correlation_mean_square"}
+    for checkpoint in run["checkpoints"]:
+        for values in checkpoint["layers"].values():
+            assert keys <= set(values)
+            assert values["samples"] >= 4 * values["dimension"]
+    for values in run["drift"]["layers"].values():
+        assert keys <= set(values)
+    assert (tmp_path / "summary_quick.png").stat().st_size > 0
+    assert (tmp_path / "table_quick.md").read_text().startswith("| task |")
