@@ -118,6 +118,11 @@ class DigitsContrastive:
         )
         self.probe_data = (images[keep], labels[keep])
 
+    @property
+    def train_size(self) -> int:
+        """Training images (IVON's effective sample size)."""
+        return len(self.data["train"][1])
+
     def build_model(self) -> nn.Module:
         return ContrastiveEncoder().to(self.device)
 

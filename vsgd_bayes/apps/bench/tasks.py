@@ -84,6 +84,11 @@ class DigitsCNN:
         self.device = torch.device(device)
         self.data = digits_splits(self.device)
 
+    @property
+    def train_size(self) -> int:
+        """Training examples (IVON's effective sample size)."""
+        return len(self.data["train"][1])
+
     def build_model(self) -> nn.Module:
         return SmallCNN().to(self.device)
 
@@ -102,6 +107,18 @@ class DigitsCNN:
         logits = model(images)
         accuracy = (logits.argmax(dim=1) == labels).double().mean().item()
         return accuracy, F.cross_entropy(logits, labels).item()
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, split: str) -> torch.Tensor:
+        """Class probabilities on ``split`` (averaged over posterior samples by the runner)."""
+        return F.softmax(model(self.data[split][0]).double(), dim=1)
+
+    def score_probabilities(self, probabilities: torch.Tensor, split: str) -> tuple[float, float]:
+        """(accuracy, cross-entropy) of class probabilities on ``split``."""
+        labels = self.data[split][1]
+        accuracy = (probabilities.argmax(dim=1) == labels).double().mean().item()
+        loss = -probabilities.gather(1, labels.unsqueeze(1)).clamp_min(1e-300).log().mean()
+        return accuracy, loss.item()
 
 
 class VAE(nn.Module):
@@ -146,6 +163,11 @@ class DigitsVAE:
         self.data = {
             split: images.flatten(1) for split, (images, _) in digits_splits(self.device).items()
         }
+
+    @property
+    def train_size(self) -> int:
+        """Training images (IVON's effective sample size)."""
+        return len(self.data["train"])
 
     def build_model(self) -> nn.Module:
         return VAE().to(self.device)
@@ -319,6 +341,12 @@ class CharLM:
             "val": tokens[n_train : n_train + n_val].to(self.device),
             "test": tokens[n_train + n_val :].to(self.device),
         }
+
+    @property
+    def train_size(self) -> int:
+        """Training characters: the loss is a mean over predicted characters, so each is one
+        example of IVON's effective sample size."""
+        return len(self.data["train"])
 
     def build_model(self) -> nn.Module:
         return CharTransformer(len(self.vocabulary), context=self.context).to(self.device)
