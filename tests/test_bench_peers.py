@@ -3,6 +3,7 @@ mechanism (gradient context, train/eval mode), the schedules and the best-peer p
 
 import ast
 import copy
+import math
 import pathlib
 
 import pytest
@@ -291,3 +292,21 @@ def test_every_row_declares_its_family():
     # Adafactor's relative step puts its grid 30x (about 1.5 decades) above AdamW's.
     ratio = OPTIMIZERS["adafactor"].lr_grid[0] / OPTIMIZERS["adamw"].lr_grid[0]
     assert ratio == pytest.approx(30)
+
+
+@pytest.mark.parametrize("name", ["sf-adamw", "ivon", "adafactor"])
+@pytest.mark.parametrize(
+    "task_name, settings",
+    [
+        ("digits-vae", TaskSettings(steps=3, batch_size=16, eval_every=3, schedule="cosine")),
+        ("char-lm", TaskSettings(steps=2, batch_size=4, eval_every=2, schedule="step")),
+        ("digits-contrastive", TaskSettings(steps=2, batch_size=16, eval_every=2)),
+        ("cartpole-pg", TaskSettings(steps=300, batch_size=2, eval_every=100, schedule="cosine")),
+    ],
+)
+def test_every_task_trains_every_peer_through_the_row_mechanism(name, task_name, settings):
+    run = runner.train_once(make_task(task_name), name, 1e-3, 0, settings)
+    assert not run["diverged"] and math.isfinite(run["test_metric"])
+    # One gradient context per optimizer step, in the supervised loop and cartpole's own.
+    assert run["gradient_contexts"] == run.get("updates", run["steps"]) >= 1
+    assert run["schedule"] == ("warmup" if name == "sf-adamw" else settings.schedule)
