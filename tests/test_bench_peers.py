@@ -310,3 +310,21 @@ def test_every_task_trains_every_peer_through_the_row_mechanism(name, task_name,
     # One gradient context per optimizer step, in the supervised loop and cartpole's own.
     assert run["gradient_contexts"] == run.get("updates", run["steps"]) >= 1
     assert run["schedule"] == ("warmup" if name == "sf-adamw" else settings.schedule)
+
+
+def test_merging_parts_chooses_the_best_peer_again_over_the_joined_rows():
+    def run(names):
+        return runner.run_task(
+            DisagreeingTask(),
+            optimizers=names,
+            lr_grids={name: [1e-2] for name in names},
+            log=None,
+            progress=False,
+        )
+
+    first, second = run(["adamw"]), run(["vsgd", "sgd"])
+    assert first["best_peer"]["name"] == "adamw"  # alone in its part
+    merged = runner.merge_results([first, second])
+    joint = run(["vsgd", "adamw", "sgd"])
+    assert merged["best_peer"] == joint["best_peer"] and merged["best_peer"]["name"] == "sgd"
+    assert merged["summary"] == joint["summary"] and merged["headline"] == joint["headline"]
