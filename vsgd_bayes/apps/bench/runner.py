@@ -19,6 +19,15 @@ For every task and optimizer, with the same budget (steps, batch size) for all:
    also keeps its best validation checkpoint and reports its test metric
    (``test_metric_at_best_val``: early stopping on validation, the same rule for every
    optimizer), so that a budget long enough to overfit still compares optimizers fairly.
+5. **Best peer.** The peer (a row outside the VSGD family) with the best validation metric at
+   its chosen rate is the task's bar (:func:`best_peer`; never chosen on test); every other
+   row is paired against it as against AdamW, and :func:`headline` says, in paired standard
+   errors, where each VSGD-family row stands against it.
+
+Every row runs under the protocol's learning-rate schedule (``schedule``:
+:mod:`~vsgd_bayes.apps.bench.schedules`) except a row that declares its own (Schedule-Free),
+and trains through :class:`~vsgd_bayes.apps.bench.optimizers.TrainingOptimizer`, which applies
+what the row declares (gradient context, train/eval mode).
 
 A seed fixes the model's initialisation and the data order; the data split is fixed once
 for all (:data:`~vsgd_bayes.apps.bench.tasks.SPLIT_SEED`).
@@ -64,6 +73,8 @@ __all__ = [
     "paired_difference",
     "run_task",
     "merge_results",
+    "best_peer",
+    "headline",
     "format_table",
     "plot_curves",
     "show_progress",
