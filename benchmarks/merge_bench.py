@@ -2,8 +2,10 @@
 
 Each run of the protocol is seeded on its own, so running the optimizers in separate
 processes (e.g. to keep each under a time limit on a shared machine) gives the same runs as
-one process; this script joins the parts, recomputes the paired differences to AdamW, and
-writes the table, ``<task>_curves.png`` and ``results.json`` into ``--out``.
+one process; this script joins the parts, recomputes the paired differences to AdamW and to
+the best peer (chosen again on validation over the joined rows) and the headline lines, and
+writes the table, ``table.md``, ``<task>_curves.png`` and ``results.json`` into ``--out``.
+Parts must share their settings, the schedule included.
 
 Example:
     python benchmarks/merge_bench.py part1.json part2.json --out benchmarks/tasks_cpu_v2/cartpole-pg
@@ -47,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     with open(os.path.join(args.out, "results.json"), "w") as handle:
         json.dump(report, handle, indent=1)
+    with open(os.path.join(args.out, "table.md"), "w") as handle:
+        handle.write(table + "\n")
     print(table)
     print(
         f"\ngrid extended for {report['extended']} of {report['pairs']} task-optimizer pairs; "

@@ -10,7 +10,7 @@ from vsgd_bayes.apps.bench import cli, runner
 from vsgd_bayes.apps.bench.budget import TaskSettings, scale_budget
 from vsgd_bayes.apps.bench.cartpole import CartPolePG, returns_to_go
 from vsgd_bayes.apps.bench.contrastive import augment, fit_linear_probe, nt_xent
-from vsgd_bayes.apps.bench.optimizers import OPTIMIZERS, make_optimizer
+from vsgd_bayes.apps.bench.optimizers import OPTIMIZERS, RunInfo, make_optimizer
 from vsgd_bayes.apps.bench.tasks import (
     VAE,
     CharLM,
@@ -78,10 +78,24 @@ def test_vae_negative_elbo_matches_torch_distributions():
 
 def test_make_optimizer_builds_every_name_and_rejects_others():
     layer = torch.nn.Linear(2, 1)
+    run = RunInfo(train_size=100, total_steps=10)
     names = [
-        type(make_optimizer(name, layer.parameters(), lr=1e-3)).__name__ for name in OPTIMIZERS
+        type(make_optimizer(name, layer.parameters(), lr=1e-3, run=run)).__name__
+        for name in OPTIMIZERS
     ]
-    assert names == ["VSGD", "ConstantVSGD", "KalmanVSGD", "AdamW", "SGD"]
+    assert names == [
+        "VSGD",
+        "ConstantVSGD",
+        "KalmanVSGD",
+        "AdamW",
+        "SGD",
+        "Adafactor",
+        "AdamWScheduleFree",
+        "IVON",
+    ]
+    # IVON's effective sample size is the training-set size: it refuses to guess one.
+    with pytest.raises(ValueError, match="training-set size"):
+        make_optimizer("ivon", layer.parameters(), lr=1e-3)
     with pytest.raises(ValueError, match="Invalid optimizer: 'adam'"):
         make_optimizer("adam", layer.parameters(), lr=1e-3)
 

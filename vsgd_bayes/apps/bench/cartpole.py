@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vsgd_bayes.apps.bench.budget import TaskSettings
-from vsgd_bayes.apps.bench.optimizers import make_optimizer
+from vsgd_bayes.apps.bench.optimizers import TrainingOptimizer
 
 __all__ = ["CartPolePG", "PolicyAndBaseline", "returns_to_go"]
 
@@ -101,7 +101,21 @@ class CartPolePG:
 
         torch.manual_seed(seed)
         model = self.build_model()
-        opt = make_optimizer(optimizer, model.parameters(), lr=lr)
+        # The schedule runs over the budget's environment steps; IVON's effective sample size
+        # is the budget too (the loss is a mean over the visited states). The episodes are
+        # collected at the weights the parameters hold between steps (IVON: the posterior
+        # mean; Schedule-Free: y, in train mode, so that the policy gradient is on-policy for
+        # the point it is taken at); the loss and its gradient at the row's gradient context
+        # (IVON: a posterior sample, whose spread 1 / sqrt(ess (h + delta)) is tiny here).
+        opt = TrainingOptimizer(
+            optimizer,
+            model.parameters(),
+            lr,
+            settings.schedule,
+            settings.steps,
+            train_size=settings.steps,
+        )
+        opt.train()
         generator = torch.Generator().manual_seed(seed)
         envs = [gym.make("CartPole-v1") for _ in range(settings.batch_size)]
         # Each environment's own random stream, fixed by the run's seed (reset seeds it once).
@@ -152,11 +166,11 @@ class CartPolePG:
             if batch["states"] is None:  # the budget ran out inside this batch: no update
                 break
             start = time.perf_counter()
-            policy_loss, baseline_loss = self._loss(model, batch)
-            opt.zero_grad(set_to_none=True)
-            (policy_loss + baseline_loss).backward()
+            with opt.gradients():
+                policy_loss, baseline_loss = self._loss(model, batch)
+                (policy_loss + baseline_loss).backward()
             before_step = time.perf_counter()
-            opt.step()
+            opt.step(env_steps)
             end = time.perf_counter()
             update_seconds += end - start
             optimizer_seconds += end - before_step
@@ -176,6 +190,7 @@ class CartPolePG:
             bar.close()
         for env in envs:
             env.close()
+        opt.eval()
         final = statistics.fmean(recent) if recent and not diverged else math.nan
         return {
             "optimizer": optimizer,
@@ -187,6 +202,9 @@ class CartPolePG:
             "diverged": diverged,
             "ms_per_step": 1e3 * update_seconds / max(updates, 1),
             "ms_per_optimizer_step": 1e3 * optimizer_seconds / max(updates, 1),
+            "schedule": opt.schedule,
+            "state_bytes_per_parameter": opt.state_bytes_per_parameter(),
+            "gradient_contexts": opt.gradient_contexts,
             "curve": curve,
             "val_metric": final,
             "test_metric": final,

@@ -4,8 +4,10 @@ TASK is a key of the task registry (``digits-cnn``, ``digits-vae``, ``char-lm``,
 ``cartpole-pg``, ``digits-contrastive``, ...) or ``all``. Runs protocol v2
 (:mod:`vsgd_bayes.apps.bench.runner`) and prints a Markdown table (chosen learning rate and
 grid extensions, final test metric mean ± std over fresh seeds, paired difference to AdamW,
-time per step); ``--out DIR`` also writes ``DIR/<task>_curves.png`` and ``DIR/results.json``;
-``--json PATH`` writes the full results (every run, its curve and timings) to PATH.
+time per step, paired difference to the best peer and a headline line per task);
+``--schedule constant|cosine|step`` sets the learning-rate schedule; ``--out DIR`` also
+writes ``DIR/<task>_curves.png`` and ``DIR/results.json``; ``--json PATH`` writes the full
+results (every run, its curve and timings) to PATH.
 
 Example:
     vsgd-bayes bench digits-cnn --quick --out benchmarks/out
@@ -23,6 +25,7 @@ import sys
 import time
 
 from vsgd_bayes.apps.bench.optimizers import OPTIMIZERS
+from vsgd_bayes.apps.bench.schedules import SCHEDULES
 from vsgd_bayes.apps.bench.tasks import TASKS
 
 
@@ -35,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="factor on every task's number of steps (default 1: the full budget)",
+    )
+    parser.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default="constant",
+        help="learning-rate schedule of every row but Schedule-Free's (default constant; "
+        "cosine: 5%% linear warm-up then cosine to 0; step: x0.5 at each third)",
     )
     parser.add_argument("--seeds", type=int, default=5, help="final seeds, reported (default 5)")
     parser.add_argument(
@@ -112,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             selection_seeds=args.selection_seeds,
             quick=args.quick,
             budget=args.budget,
+            schedule=args.schedule,
             device=args.device,
             steps=args.steps,
             max_extensions=args.max_extensions,

@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vsgd_bayes.apps.bench.budget import TaskSettings
+from vsgd_bayes.apps.bench.data import digits_splits
 
 __all__ = ["DigitsContrastive", "ContrastiveEncoder", "augment", "nt_xent", "fit_linear_probe"]
 
@@ -107,10 +108,8 @@ class DigitsContrastive:
     probe_labels_per_class = 10
 
     def __init__(self, device: str = "cpu") -> None:
-        from vsgd_bayes.apps.bench.tasks import _digits_splits
-
         self.device = torch.device(device)
-        self.data = _digits_splits(self.device)
+        self.data = digits_splits(self.device)
         # The probe's labelled images: the first PROBE_LABELS_PER_CLASS of each class in the
         # (already shuffled) training split.
         images, labels = self.data["train"]
@@ -118,6 +117,11 @@ class DigitsContrastive:
             [torch.nonzero(labels == c).flatten()[: self.probe_labels_per_class] for c in range(10)]
         )
         self.probe_data = (images[keep], labels[keep])
+
+    @property
+    def train_size(self) -> int:
+        """Training images (IVON's effective sample size)."""
+        return len(self.data["train"][1])
 
     def build_model(self) -> nn.Module:
         return ContrastiveEncoder().to(self.device)

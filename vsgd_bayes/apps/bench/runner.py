@@ -19,6 +19,15 @@ For every task and optimizer, with the same budget (steps, batch size) for all:
    also keeps its best validation checkpoint and reports its test metric
    (``test_metric_at_best_val``: early stopping on validation, the same rule for every
    optimizer), so that a budget long enough to overfit still compares optimizers fairly.
+5. **Best peer.** The peer (a row outside the VSGD family) with the best validation metric at
+   its chosen rate is the task's bar (:func:`best_peer`; never chosen on test); every other
+   row is paired against it as against AdamW, and :func:`headline` says, in paired standard
+   errors, where each VSGD-family row stands against it.
+
+Every row runs under the protocol's learning-rate schedule (``schedule``:
+:mod:`~vsgd_bayes.apps.bench.schedules`) except a row that declares its own (Schedule-Free),
+and trains through :class:`~vsgd_bayes.apps.bench.optimizers.TrainingOptimizer`, which applies
+what the row declares (gradient context, train/eval mode).
 
 A seed fixes the model's initialisation and the data order; the data split is fixed once
 for all (:data:`~vsgd_bayes.apps.bench.tasks.SPLIT_SEED`).
@@ -34,6 +43,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import statistics
@@ -49,9 +59,10 @@ from vsgd_bayes.apps.bench.curves import curve_state
 from vsgd_bayes.apps.bench.optimizers import (
     LABELS,
     OPTIMIZERS,
+    TrainingOptimizer,
     check_optimizer_name,
-    make_optimizer,
 )
+from vsgd_bayes.apps.bench.schedules import check_schedule
 from vsgd_bayes.apps.bench.tasks import make_task
 
 __all__ = [
@@ -62,6 +73,8 @@ __all__ = [
     "paired_difference",
     "run_task",
     "merge_results",
+    "best_peer",
+    "headline",
     "format_table",
     "plot_curves",
     "show_progress",
@@ -76,6 +89,10 @@ MAX_EXTENSIONS = 4
 
 #: Optimizer against which every other one is compared, seed by seed.
 REFERENCE = "adamw"
+
+#: Posterior samples of the Monte-Carlo predictive reading (rows with a posterior, tasks with
+#: ``predict``): the test metric of the mean of the predicted probabilities over samples.
+PREDICTIVE_SAMPLES = 16
 
 
 def show_progress() -> bool:
@@ -101,7 +118,16 @@ def train_once(
         return task.run_training(optimizer, lr, seed, settings, progress)
     torch.manual_seed(seed)
     model = task.build_model()
-    opt = make_optimizer(optimizer, model.parameters(), lr=lr)
+    # Everything the optimizer's row declares (gradient context, train/eval mode) and the
+    # schedule are applied by TrainingOptimizer; this loop knows no optimizer by name.
+    opt = TrainingOptimizer(
+        optimizer,
+        model.parameters(),
+        lr,
+        settings.schedule,
+        settings.steps,
+        train_size=getattr(task, "train_size", None),
+    )
     generator = torch.Generator().manual_seed(seed)
     curve: list[dict[str, float]] = []
     step_seconds = optimizer_seconds = 0.0
@@ -117,16 +143,17 @@ def train_once(
     # The best validation checkpoint so far (its step, metric and a copy of the weights).
     best_step, best_val, best_state = None, None, None
     model.train()
+    opt.train()
     for step in range(1, settings.steps + 1):
         batch = task.sample_batch(generator, settings.batch_size)
         _synchronize(task.device)
         start = time.perf_counter()
-        loss = task.loss(model, batch, generator)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with opt.gradients():
+            loss = task.loss(model, batch, generator)
+            loss.backward()
         _synchronize(task.device)
         before_step = time.perf_counter()
-        opt.step()
+        opt.step(step)
         _synchronize(task.device)
         end = time.perf_counter()
         step_seconds += end - start
@@ -138,15 +165,18 @@ def train_once(
         # Exponential moving average of the training loss, for the curves only.
         smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
         if step % settings.eval_every == 0 or step == settings.steps:
+            # Evaluation and checkpoints at the weights the row evaluates (Schedule-Free: x).
             model.eval()
+            opt.eval()
             val_metric, val_loss = task.evaluate(model, "val")
-            model.train()
             if best_val is None or (
                 val_metric > best_val if task.higher_is_better else val_metric < best_val
             ):
                 best_step, best_val = step, val_metric
                 # The last step's weights are the model's own: no copy needed.
                 best_state = None if step == settings.steps else copy.deepcopy(model.state_dict())
+            model.train()
+            opt.train()
             curve.append(
                 {
                     "step": step,
@@ -166,18 +196,25 @@ def train_once(
         "lr": lr,
         "seed": seed,
         "steps": steps_done,
+        "schedule": opt.schedule,
         "diverged": diverged,
         "ms_per_step": 1e3 * step_seconds / steps_done,
         "ms_per_optimizer_step": 1e3 * optimizer_seconds / steps_done,
+        "state_bytes_per_parameter": opt.state_bytes_per_parameter(),
+        "gradient_contexts": opt.gradient_contexts,
         "curve": curve,
     }
     if diverged:
         result.update(val_metric=math.nan, test_metric=math.nan, test_loss=math.nan)
     else:
         model.eval()
+        opt.eval()
         # The last step is always evaluated on validation: reuse it (evaluation is deterministic).
         result["val_metric"] = curve[-1]["val_metric"]
         result["test_metric"], result["test_loss"] = task.evaluate(model, "test")
+        predictive = _predictive_test_metric(task, model, opt)
+        if predictive is not None:
+            result["test_metric_predictive"] = predictive
         result["best_val_step"], result["best_val_metric"] = best_step, best_val
         if best_state is None:
             result["test_metric_at_best_val"] = result["test_metric"]
@@ -185,6 +222,20 @@ def train_once(
             model.load_state_dict(best_state)
             result["test_metric_at_best_val"] = task.evaluate(model, "test")[0]
     return result
+
+
+def _predictive_test_metric(task, model, opt: TrainingOptimizer) -> float | None:
+    """Test metric of the Monte-Carlo predictive, p(y | x) ~ mean_s p(y | x, theta_s) over
+    PREDICTIVE_SAMPLES posterior samples theta_s, at the end of the budget; ``None`` where the
+    row has no posterior or the task cannot average predictions (``predict``)."""
+    if opt.sample() is None or not hasattr(task, "predict"):
+        return None
+    total = None
+    for _ in range(PREDICTIVE_SAMPLES):
+        with opt.sample():
+            probabilities = task.predict(model, "test")
+        total = probabilities if total is None else total + probabilities
+    return task.score_probabilities(total / PREDICTIVE_SAMPLES, "test")[0]
 
 
 def _grid_ratio(grid: Sequence[float]) -> float:
@@ -325,6 +376,97 @@ def _compare_to_reference(summary: dict[str, Any]) -> None:
             )
 
 
+def _chosen_validation(row: dict[str, Any]) -> float | None:
+    """A row's selection score at its chosen rate: the mean validation metric over the
+    selection seeds, the number that chose the rate."""
+    if row.get("lr") is None:
+        return None
+    return {point["lr"]: point["val_metric"] for point in row["scores"]}.get(row["lr"])
+
+
+def best_peer(summary: dict[str, Any], higher_is_better: bool) -> str | None:
+    """The peer (a row of family ``"peer"``: not the VSGD family) with the best validation
+    metric at its chosen rate (:func:`_chosen_validation`); never chosen on test, so that the
+    bar every row is paired against is not picked with the numbers it is compared on. Ties go
+    to the registry's order; ``None`` without a peer that trained."""
+    sign = 1.0 if higher_is_better else -1.0
+    candidates = [
+        (sign * value, -index, name)
+        for index, name in enumerate(summary)
+        if name in OPTIMIZERS
+        and OPTIMIZERS[name].family == "peer"
+        and (value := _chosen_validation(summary[name])) is not None
+        and math.isfinite(value)
+    ]
+    return max(candidates)[2] if candidates else None
+
+
+def _compare_to_best_peer(result: dict[str, Any]) -> None:
+    """Add ``result["best_peer"]``, every other row's paired difference to it (``vs_best_peer``
+    and, where both have it, ``vs_best_peer_at_best_val``) and ``result["headline"]`` (in
+    place)."""
+    summary = result["summary"]
+    for row in summary.values():
+        row.pop("vs_best_peer", None)
+        row.pop("vs_best_peer_at_best_val", None)
+    name = best_peer(summary, result["higher_is_better"])
+    result["best_peer"] = None
+    if name is not None:
+        peer = summary[name]
+        result["best_peer"] = {
+            "name": name,
+            "label": LABELS[name],
+            "lr": peer["lr"],
+            "val_metric": _chosen_validation(peer),
+            "chosen_by": "selection validation metric at the chosen rate (never test)",
+        }
+        for other, row in summary.items():
+            if other == name or row.get("lr") is None:
+                continue
+            row["vs_best_peer"] = paired_difference(row["test_metrics"], peer["test_metrics"])
+            if "test_metrics_at_best_val" in row and "test_metrics_at_best_val" in peer:
+                row["vs_best_peer_at_best_val"] = paired_difference(
+                    row["test_metrics_at_best_val"], peer["test_metrics_at_best_val"]
+                )
+    result["headline"] = headline(result)
+
+
+def _in_standard_errors(paired: dict[str, Any]) -> str:
+    error = paired["standard_error"]
+    if not (math.isfinite(error) and error > 0):
+        return "SE n/a"
+    return f"{paired['mean'] / error:+.1f} SE"
+
+
+def headline(result: dict[str, Any]) -> str:
+    """One line: where each VSGD-family row stands against the task's best peer, as the paired
+    mean difference of the test metric (at the best validation checkpoint where the task has
+    one) in paired standard errors; positive is better for the VSGD row."""
+    name = (result.get("best_peer") or {}).get("name")
+    if name is None:
+        return f"{result['task']}: no peer trained"
+    sign = 1.0 if result["higher_is_better"] else -1.0
+    parts = []
+    for other, row in result["summary"].items():
+        if other not in OPTIMIZERS or OPTIMIZERS[other].family != "vsgd":
+            continue
+        paired = row.get("vs_best_peer_at_best_val") or row.get("vs_best_peer")
+        if not paired:
+            continue
+        better = {**paired, "mean": sign * paired["mean"]}
+        parts.append(f"{LABELS[other]} {_in_standard_errors(better)}")
+    where = (
+        "at best val"
+        if any("vs_best_peer_at_best_val" in r for r in result["summary"].values())
+        else "at the end"
+    )
+    return (
+        f"{result['task']}: best peer {LABELS[name]} (lr {result['best_peer']['lr']:g}, chosen on "
+        f"validation); VSGD family vs it, {where}, paired, + = better: "
+        + (", ".join(parts) if parts else "no VSGD-family row")
+    )
+
+
 def run_task(
     task_name,
     optimizers: Sequence[str] = tuple(OPTIMIZERS),
@@ -332,6 +474,7 @@ def run_task(
     selection_seeds: int = 2,
     quick: bool = False,
     budget: float = 1.0,
+    schedule: str = "constant",
     device: str = "cpu",
     lr_grids: dict[str, Sequence[float]] | None = None,
     steps: int | None = None,
@@ -348,6 +491,9 @@ def run_task(
         selection_seeds: seeds of the learning-rate selection (0, 1, ...).
         quick: the task's tiny CI settings (the protocol is unchanged).
         budget: factor on the task's steps (see :func:`~vsgd_bayes.apps.bench.budget.scale_budget`).
+        schedule: ``constant``, ``cosine`` or ``step``
+            (:mod:`~vsgd_bayes.apps.bench.schedules`), the same for every row but those that
+            replace the schedule by design (Schedule-Free AdamW runs its warm-up).
         device: torch device of the data and the models.
         lr_grids: overrides of the starting grids, per optimizer.
         steps: override of the number of training steps (after ``budget``).
@@ -367,13 +513,17 @@ def run_task(
         raise ValueError(f"Invalid max_extensions: {max_extensions!r} (must be an integer >= 0)")
     for name in optimizers:
         check_optimizer_name(name)
+    from vsgd_bayes.apps.bench.schedules import SCHEDULES
+
+    check_schedule(schedule, SCHEDULES)
     task = make_task(task_name, device) if isinstance(task_name, str) else task_name
     settings = scale_budget(task.quick_settings if quick else task.settings, budget)
+    settings = dataclasses.replace(settings, schedule=schedule)
     if steps is not None:
         if steps < 1:
             raise ValueError(f"Invalid steps: {steps!r} (must be >= 1)")
-        settings = type(settings)(
-            steps=steps, batch_size=settings.batch_size, eval_every=min(settings.eval_every, steps)
+        settings = dataclasses.replace(
+            settings, steps=steps, eval_every=min(settings.eval_every, steps)
         )
     grids = {name: list(OPTIMIZERS[name].lr_grid) for name in optimizers}
     grids.update({name: list(grid) for name, grid in (lr_grids or {}).items() if name in grids})
@@ -428,7 +578,21 @@ def run_task(
             "ms_per_optimizer_step": statistics.fmean(
                 run["ms_per_optimizer_step"] for run in final_runs
             ),
+            "family": OPTIMIZERS[name].family,
+            # The schedule this row ran under (Schedule-Free: its own warm-up, whatever the
+            # protocol's schedule).
+            "schedule": final_runs[0].get("schedule", settings.schedule),
+            "state_bytes_per_parameter": final_runs[0].get("state_bytes_per_parameter"),
         }
+        if all("test_metric_predictive" in run for run in final_runs):
+            predictive = [run["test_metric_predictive"] for run in final_runs]
+            predictive_mean, predictive_std = _mean_and_std(predictive)
+            summary[name].update(
+                test_metrics_predictive=predictive,
+                test_metric_predictive_mean=predictive_mean,
+                test_metric_predictive_std=predictive_std,
+                predictive_samples=PREDICTIVE_SAMPLES,
+            )
         if all("test_metric_at_best_val" in run for run in final_runs):
             at_best = [run["test_metric_at_best_val"] for run in final_runs]
             best_mean, best_std = _mean_and_std(at_best)
@@ -441,7 +605,7 @@ def run_task(
         if hasattr(task, "summarize"):
             summary[name].update(task.summarize(final_runs))
     _compare_to_reference(summary)
-    return {
+    result = {
         "task": task.name,
         "metric": task.metric,
         "higher_is_better": task.higher_is_better,
@@ -449,7 +613,9 @@ def run_task(
             "steps": settings.steps,
             "batch_size": settings.batch_size,
             "eval_every": settings.eval_every,
+            "schedule": settings.schedule,
         },
+        "schedule": settings.schedule,
         "budget": budget,
         "quick": quick,
         "protocol": {
@@ -465,6 +631,8 @@ def run_task(
         "runs": runs,
         "summary": summary,
     }
+    _compare_to_best_peer(result)
+    return result
 
 
 def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -505,6 +673,7 @@ def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
         ]
         row.update(_curve_fields(final_runs, merged["higher_is_better"]))
     _compare_to_reference(merged["summary"])
+    _compare_to_best_peer(merged)
     return merged
 
 
@@ -525,18 +694,23 @@ def _format_paired(paired: dict[str, Any] | None, scale: float) -> str:
 
 
 def format_table(results: Sequence[dict[str, Any]]) -> str:
-    """A Markdown table: chosen lr, extensions, final test metric, paired difference to AdamW,
-    the state of the validation curves at the end of the budget, and the same comparison at
-    each run's best validation checkpoint (supervised tasks)."""
+    """A Markdown table: chosen lr, extensions, final test metric, paired differences to AdamW
+    and to the task's best peer, the state of the validation curves at the end of the budget,
+    the same comparisons at each run's best validation checkpoint (supervised tasks), the
+    time per step and the optimizer's state in bytes per parameter; then one headline line
+    per task (:func:`headline`)."""
     lines = [
         "| task | metric | optimizer | chosen lr (grid, extensions) "
         "| test metric, mean ± std (seeds) | − AdamW, paired mean ± SE "
+        "| − best peer, paired mean ± SE "
         "| val change, last 20 % (curves) | at best val: test metric (median step) "
-        "| at best val: − AdamW | ms / step | ms / opt. step | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| at best val: − AdamW | at best val: − best peer | ms / step | ms / opt. step "
+        "| state B / param | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for result in results:
         arrow = "↑" if result["higher_is_better"] else "↓"
+        peer = (result.get("best_peer") or {}).get("name")
         for name, row in result["summary"].items():
             grid = f"{min(row['grid']):g}–{max(row['grid']):g}"
             ext = "".join(f", +{e['lr']:g}" for e in row["extensions"])
@@ -544,7 +718,8 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
             head = f"| {result['task']} | {result['metric']} {arrow} | {LABELS[name]} "
             if row.get("lr") is None:
                 lines.append(
-                    head + f"| all diverged ({grid}{ext}) | – | – | – | – | – | – | – | – |"
+                    head
+                    + f"| all diverged ({grid}{ext}) | – | – | – | – | – | – | – | – | – | – | – |"
                 )
                 continue
             diverged = f", {row['diverged_seeds']} diverged" if row["diverged_seeds"] else ""
@@ -558,17 +733,39 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
                     f"{_format_metric(row['test_metric_at_best_val_std'], mean)}{median}"
                 )
             state = f" ({row['curve_state']})" if "curve_state" in row else ""
+            notes = []
+            if name == peer:
+                notes.append("best peer")
+            if row.get("schedule") not in (None, result.get("schedule", "constant")):
+                notes.append(f"schedule: {row['schedule']}")
+            if "test_metric_predictive_mean" in row:
+                notes.append(
+                    f"MC predictive ({row['predictive_samples']} samples): "
+                    f"{_format_metric(row['test_metric_predictive_mean'], mean)} ± "
+                    f"{_format_metric(row['test_metric_predictive_std'], mean)}"
+                )
+            if row.get("note"):
+                notes.append(row["note"])
+            memory = row.get("state_bytes_per_parameter")
             lines.append(
                 head + f"| {row['lr']:g} ({grid}{ext}{edge}) | "
                 f"{_format_metric(mean, mean)} ± {_format_metric(row['test_metric_std'], mean)} "
                 f"({len(row['test_metrics'])}{diverged}) | "
                 f"{_format_paired(row.get('vs_adamw'), mean)} | "
+                f"{_format_paired(row.get('vs_best_peer'), mean)} | "
                 f"{row['val_change_last_fifth']:+.3g}{state} | {at_best} | "
                 f"{_format_paired(row.get('vs_adamw_at_best_val'), mean)} | "
+                f"{_format_paired(row.get('vs_best_peer_at_best_val'), mean)} | "
                 f"{row['ms_per_step']:.2f} | {row['ms_per_optimizer_step']:.3f} | "
-                f"{row.get('note', '')} |"
+                f"{'–' if memory is None else f'{memory:.1f}'} | {'; '.join(notes)} |"
             )
-    return "\n".join(lines)
+    headlines = [result.get("headline") or headline(result) for result in results]
+    schedules = sorted({result.get("schedule", "constant") for result in results})
+    return (
+        "\n".join(lines)
+        + f"\n\nSchedule: {', '.join(schedules)}. Headlines (paired SE against the best peer):\n"
+        + "\n".join(f"- {line}" for line in headlines)
+    )
 
 
 def plot_curves(result: dict[str, Any], path: str) -> None:

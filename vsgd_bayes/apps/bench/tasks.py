@@ -35,39 +35,19 @@ import inspect
 import math
 import warnings
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from vsgd_bayes.apps.bench.budget import TaskSettings
+from vsgd_bayes.apps.bench.cartpole import CartPolePG
+from vsgd_bayes.apps.bench.contrastive import DigitsContrastive
+from vsgd_bayes.apps.bench.data import SPLIT_SEED, digits_splits
+
+# The old private name, kept for the scripts that import it from here.
+_digits_splits = digits_splits
 
 __all__ = ["TASKS", "TaskSettings", "make_task", "DigitsCNN", "DigitsVAE", "CharLM", "stdlib_text"]
-
-#: The fixed seed of every data split (the run seeds change initialisation and batch order only).
-SPLIT_SEED = 0
-
-
-def _digits_splits(device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = digits.images.astype(np.float32) / 16.0  # grey levels 0..16 -> [0, 1]
-    labels = digits.target.astype(np.int64)
-    order = np.random.RandomState(SPLIT_SEED).permutation(len(labels))
-    n_train, n_val = int(0.6 * len(order)), int(0.2 * len(order))
-    parts = {
-        "train": order[:n_train],
-        "val": order[n_train : n_train + n_val],
-        "test": order[n_train + n_val :],
-    }
-    return {
-        split: (
-            torch.from_numpy(images[index]).unsqueeze(1).to(device),
-            torch.from_numpy(labels[index]).to(device),
-        )
-        for split, index in parts.items()
-    }
 
 
 class SmallCNN(nn.Module):
@@ -102,7 +82,12 @@ class DigitsCNN:
 
     def __init__(self, device: str = "cpu") -> None:
         self.device = torch.device(device)
-        self.data = _digits_splits(self.device)
+        self.data = digits_splits(self.device)
+
+    @property
+    def train_size(self) -> int:
+        """Training examples (IVON's effective sample size)."""
+        return len(self.data["train"][1])
 
     def build_model(self) -> nn.Module:
         return SmallCNN().to(self.device)
@@ -122,6 +107,18 @@ class DigitsCNN:
         logits = model(images)
         accuracy = (logits.argmax(dim=1) == labels).double().mean().item()
         return accuracy, F.cross_entropy(logits, labels).item()
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, split: str) -> torch.Tensor:
+        """Class probabilities on ``split`` (averaged over posterior samples by the runner)."""
+        return F.softmax(model(self.data[split][0]).double(), dim=1)
+
+    def score_probabilities(self, probabilities: torch.Tensor, split: str) -> tuple[float, float]:
+        """(accuracy, cross-entropy) of class probabilities on ``split``."""
+        labels = self.data[split][1]
+        accuracy = (probabilities.argmax(dim=1) == labels).double().mean().item()
+        loss = -probabilities.gather(1, labels.unsqueeze(1)).clamp_min(1e-300).log().mean()
+        return accuracy, loss.item()
 
 
 class VAE(nn.Module):
@@ -164,8 +161,13 @@ class DigitsVAE:
     def __init__(self, device: str = "cpu") -> None:
         self.device = torch.device(device)
         self.data = {
-            split: images.flatten(1) for split, (images, _) in _digits_splits(self.device).items()
+            split: images.flatten(1) for split, (images, _) in digits_splits(self.device).items()
         }
+
+    @property
+    def train_size(self) -> int:
+        """Training images (IVON's effective sample size)."""
+        return len(self.data["train"])
 
     def build_model(self) -> nn.Module:
         return VAE().to(self.device)
@@ -340,6 +342,12 @@ class CharLM:
             "test": tokens[n_train + n_val :].to(self.device),
         }
 
+    @property
+    def train_size(self) -> int:
+        """Training characters: the loss is a mean over predicted characters, so each is one
+        example of IVON's effective sample size."""
+        return len(self.data["train"])
+
     def build_model(self) -> nn.Module:
         return CharTransformer(len(self.vocabulary), context=self.context).to(self.device)
 
@@ -370,7 +378,9 @@ class CharLM:
         return math.exp(min(loss, 700.0)), loss
 
 
-TASKS = {task.name: task for task in (DigitsCNN, DigitsVAE, CharLM)}
+#: The one task registry; cartpole-pg and digits-contrastive live in their own modules, which
+#: import only budget.py and data.py (never this module), so imports run one way.
+TASKS = {task.name: task for task in (DigitsCNN, DigitsVAE, CharLM, CartPolePG, DigitsContrastive)}
 
 
 def make_task(name: str, device: str = "cpu"):
@@ -378,11 +388,3 @@ def make_task(name: str, device: str = "cpu"):
     if name not in TASKS:
         raise ValueError(f"Invalid task: {name!r} (must be one of {tuple(TASKS)})")
     return TASKS[name](device)
-
-
-# Tasks kept in their own modules; registered here so that TASKS stays the one registry.
-from vsgd_bayes.apps.bench.cartpole import CartPolePG  # noqa: E402
-from vsgd_bayes.apps.bench.contrastive import DigitsContrastive  # noqa: E402
-
-TASKS[CartPolePG.name] = CartPolePG
-TASKS[DigitsContrastive.name] = DigitsContrastive
