@@ -126,10 +126,15 @@ def _canonical_target(target: str, module: str | None) -> str | None:
             found = []
             for value in vars(owner).values():
                 sub = getattr(value, "__name__", "")
-                if isinstance(value, type(importlib)) and sub.startswith(owner.__name__ + "."):
+                public = getattr(value, "__all__", ())
+                if (
+                    isinstance(value, type(importlib))
+                    and sub.startswith(owner.__name__ + ".")
+                    and isinstance(public, (list, tuple))
+                ):
                     found += [
                         (name != parts[-1], f"{sub}.{name}")
-                        for name in getattr(value, "__all__", ())
+                        for name in public
                         if getattr(value, name, None) is obj
                     ]
             if found:

@@ -127,7 +127,7 @@ def _tiny_project(tmp_path: pathlib.Path, reference: str) -> pathlib.Path:
         "exclude_patterns = []\n"
     )
     (source / "index.md").write_text(
-        "# Tiny\n\n```{eval-rst}\n.. autofunction:: vsgd_bayes.hyperparameters.vsgd.prior_shape\n\n"
+        "# Tiny\n\n```{eval-rst}\n.. autofunction:: vsgd_bayes.hyperparameters.vsgd.step_sizes\n\n"
         f"See {reference}.\n```\n"
     )
     return source
@@ -138,7 +138,7 @@ def test_check_of_the_check_a_broken_reference_fails_the_build(executed_notebook
     for name in executed_notebooks.names:
         executed_notebooks(name)
     # A re-exported name resolves to its documented home ...
-    good = _tiny_project(tmp_path / "good", ":func:`vsgd_bayes.hyperparameters.prior_shape`")
+    good = _tiny_project(tmp_path / "good", ":func:`vsgd_bayes.hyperparameters.step_sizes`")
     result = sphinx_build(good, tmp_path / "good" / "out", env)
     assert result.returncode == 0, result.stderr[-2000:]
     # ... and a name that does not exist fails the build, naming the target.

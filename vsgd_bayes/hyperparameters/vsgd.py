@@ -78,7 +78,7 @@ DEFAULTS: dict[str, Any] = {
     "init": "reference",
 }
 
-#: The two initialisations: the authors' code's ("reference", the default) and Algorithm 1's.
+#: The two initialisations, the authors' code's ("reference", the default) and Algorithm 1's.
 INITS: tuple[str, ...] = ("reference", "paper")
 
 #: The authors' code uses the constant 2a = 2*gamma + 1 + 1e-4 for both precisions; in terms of
