@@ -1,9 +1,10 @@
 """Step time and transient memory of the VSGD execution paths against torch's Adam.
 
 Paths: VSGD single-tensor / foreach / fused (the functional paths the optimizer dispatches
-to, on shared parameters and state), Kalman VSGD single-tensor / foreach (its own state),
-``torch.optim.Adam`` (foreach=True and fused=True) and,
-when installed, ``pytorch_optimizer.VSGD`` (third party). Rounds are interleaved in one
+to, on shared parameters and state), ``VSGD(params)`` with its default flags (the optimizer
+as a user constructs it, with its own state; the path it picked is printed), Kalman VSGD
+single-tensor / foreach (its own state), ``torch.optim.Adam`` (foreach=True and fused=True)
+and, when installed, ``pytorch_optimizer.VSGD`` (third party). Rounds are interleaved in one
 process (round r runs every path once), so a change in the machine's load hits all paths
 alike; we report the minimum and the median per path, and the ratio of minima to fused Adam.
 
@@ -146,6 +147,16 @@ def make_paths(problem: Problem, device: torch.device) -> dict[str, Callable[[],
     paths["vsgd_foreach"] = problem.vsgd(foreach_vsgd)
     if fused_is_available(device):
         paths["vsgd_fused"] = problem.vsgd(fused_vsgd)
+    # What a user gets from `VSGD(params)`: the optimizer with foreach=None, fused=None (its
+    # own state; one step outside the timed rounds creates it). The path it picks is printed.
+    from vsgd_bayes.torch import VSGD
+    from vsgd_bayes.torch._functional import default_fused
+
+    default_path = "fused" if default_fused(problem.params) else "foreach"
+    print(f"# VSGD(params) default path on {device}: {default_path}")
+    default_optimizer = VSGD(problem.params, lr=LR)
+    default_optimizer.step()
+    paths["vsgd_default"] = default_optimizer.step
     from vsgd_bayes.torch._kalman_foreach import foreach_kalman_vsgd
     from vsgd_bayes.torch._kalman_single_tensor import single_tensor_kalman_vsgd
 

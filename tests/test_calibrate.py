@@ -247,10 +247,12 @@ def test_end_to_end_digits_mlp_tiny():
 
 
 def test_cli_quick_writes_json_table_and_figures(tmp_path, capsys):
-    out = tmp_path / "calibration"
-    code = cli.main(["digits-mlp", "--quick", "--seeds", "2", "--out", str(out), "--no-progress"])
+    out, json_path = tmp_path / "calibration", tmp_path / "elsewhere" / "full.json"
+    code = cli.main(["digits-mlp", "--quick", "--seeds", "2", "--out", str(out),
+                     "--json", str(json_path), "--no-progress"])
     assert code == 0
     report = json.loads((out / "results.json").read_text())
+    assert json.loads(json_path.read_text()) == report  # --json FILE: the same results
     assert set(report) >= {"command", "machine", "wall_seconds", "settings", "table", "results"}
     by_optimizer = report["results"]["digits-mlp"]
     assert set(by_optimizer) == {row.name for row in CALIBRATED_OPTIMIZERS}
@@ -309,3 +311,19 @@ def test_measuring_leaves_the_training_trajectory_unchanged():
             with torch.no_grad():
                 full = task.loss(model, task.true_gradient_batches()[0], None).item()
             assert full == measured[step], step
+
+
+def test_bench_and_calibrate_share_one_output_convention(tmp_path):
+    from vsgd_bayes.apps.bench import cli as bench_cli
+    from vsgd_bayes.apps.output import write_results
+
+    for parser, task in ((bench_cli.build_parser(), "digits-cnn"),
+                         (cli.build_parser(), "digits-mlp")):
+        args = parser.parse_args([task, "--json", "a.json", "--out", "d"])
+        assert (args.json_path, args.out) == ("a.json", "d"), parser.prog
+        args = parser.parse_args([task])
+        assert (args.json_path, args.out) == (None, None), parser.prog
+    assert write_results({"x": 1}, None, None) == []  # neither option: nothing written
+    written = write_results({"x": 1}, str(tmp_path / "d"), str(tmp_path / "e" / "f.json"))
+    assert written == [str(tmp_path / "d" / "results.json"), str(tmp_path / "e" / "f.json")]
+    assert all(json.loads(open(path).read()) == {"x": 1} for path in written)

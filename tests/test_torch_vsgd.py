@@ -184,17 +184,27 @@ def test_gradient_posterior_of_a_complex_parameter_is_that_of_its_real_coordinat
         assert torch.equal(torch.view_as_real(value), getattr(twin_posterior, field)), field
 
 
-def test_default_path_is_foreach_and_matches_single_tensor(monkeypatch):
-    from vsgd_bayes.torch import _foreach
+@pytest.mark.parametrize("kernel_built, expected_path", [(False, "foreach"), (True, "fused")])
+def test_cpu_default_path_is_fused_once_built_else_foreach_and_matches_single_tensor(
+    monkeypatch, kernel_built, expected_path
+):
+    from vsgd_bayes.torch import _foreach, _fused
 
+    if kernel_built:
+        _fused.build_cpu_kernel()  # the real kernel (cached after its first build)
+    else:  # as on a machine where `make setup` could not build it
+        monkeypatch.setattr(_fused, "cpu_kernel_is_built", lambda: False)
     calls = []
-    foreach_vsgd = _foreach.foreach_vsgd
+    module, name = (_foreach, "foreach_vsgd") if expected_path == "foreach" else (
+        _fused, "fused_vsgd"
+    )
+    path = getattr(module, name)
 
     def spy(*args, **kwargs):
         calls.append(len(args[0]))
-        foreach_vsgd(*args, **kwargs)
+        path(*args, **kwargs)
 
-    monkeypatch.setattr(_foreach, "foreach_vsgd", spy)
+    monkeypatch.setattr(module, name, spy)
     default_params, single_params = make_params(seed=27), make_params(seed=27)
     default = VSGD(default_params, weight_decay=0.01)  # foreach=None, fused=None
     single = VSGD(single_params, weight_decay=0.01, foreach=False, fused=False)
@@ -203,7 +213,7 @@ def test_default_path_is_foreach_and_matches_single_tensor(monkeypatch):
             p.grad, q.grad = g, g.clone()
         default.step()
         single.step()
-    assert calls == [2] * 5  # the default ran the foreach path, once per step, on both params
+    assert calls == [2] * 5  # the default ran the expected path, once per step, on both params
     # and it computes what the single-tensor path computes: the single-pass form differs by
     # float64 rounding only (~1e-16 per operation on values of order 1; 1e-12 is a margin)
     for p, q, start in zip(default_params, single_params, make_params(seed=27)):
@@ -213,6 +223,86 @@ def test_default_path_is_foreach_and_matches_single_tensor(monkeypatch):
             expected = single.state[q][key]
             scale = expected.abs().max()
             assert torch.allclose(default.state[p][key], expected, rtol=0, atol=1e-12 * scale)
+
+
+def test_cpu_kernel_probe_is_a_file_check_that_never_compiles(monkeypatch, tmp_path):
+    from torch.utils import cpp_extension
+
+    from vsgd_bayes.torch import _fused
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the probe must never build the kernel")
+
+    monkeypatch.setattr(cpp_extension, "load", no_build)
+    monkeypatch.setattr(_fused, "_cpu_module", None)  # as in a fresh process
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # an empty cache
+    library = _fused.cpu_kernel_path()
+    assert library.parent.parent == tmp_path and library.name.startswith("vsgd_fused_cpu_")
+    assert not _fused.cpu_kernel_is_built()
+    library.write_bytes(b"")  # check of the check: a cached library is found
+    assert _fused.cpu_kernel_is_built()
+    # another source version has another name, so a stale build is not taken for this one
+    monkeypatch.setattr(_fused, "cpu_extension_name", lambda: "vsgd_fused_cpu_avx2_00000000")
+    assert not _fused.cpu_kernel_is_built()
+
+
+@pytest.mark.parametrize(
+    "built, loads, expected",
+    [
+        (False, True, False),  # not built: foreach, and nothing is compiled or loaded
+        (True, True, True),  # built: fused
+        (True, False, False),  # built but it fails to load (e.g. no ninja): foreach
+    ],
+)
+def test_cpu_default_is_fused_only_when_the_kernel_is_built_and_loads(
+    monkeypatch, built, loads, expected
+):
+    from vsgd_bayes.torch import _functional, _fused
+
+    asked = []
+
+    def available(device):
+        asked.append(torch.device(device).type)
+        return loads
+
+    monkeypatch.setattr(_fused, "cpu_kernel_is_built", lambda: built)
+    monkeypatch.setattr(_fused, "fused_is_available", available)
+    params = [_FakeParam("cpu"), _FakeParam("cpu", torch.float64)]
+    assert _functional.default_fused(params) is expected
+    assert asked == (["cpu"] if built else [])  # an unbuilt kernel is never even loaded
+    assert _functional.default_fused([_FakeParam("cpu", torch.float8_e4m3fn)]) is False
+
+
+def test_build_command_reports_the_library_or_the_reason(monkeypatch, capsys):
+    from vsgd_bayes.torch import build
+
+    monkeypatch.setattr(build, "cpu_kernel_is_built", lambda: True)
+    monkeypatch.setattr(build, "build_cpu_kernel", lambda: "/cache/vsgd_fused_cpu_x.so")
+    assert build.main() == 0
+    assert "already built: /cache/vsgd_fused_cpu_x.so" in capsys.readouterr().out
+
+    def fails():
+        raise RuntimeError("the fused CPU kernel could not be built: OSError: no compiler")
+
+    monkeypatch.setattr(build, "build_cpu_kernel", fails)
+    assert build.main() == 1
+    err = capsys.readouterr().err
+    assert "no compiler" in err and "foreach" in err
+
+
+def test_build_cpu_kernel_raises_with_the_reason_when_the_build_fails(monkeypatch):
+    from torch.utils import cpp_extension
+
+    from vsgd_bayes.torch import _fused
+
+    def broken(*args, **kwargs):
+        raise OSError("no C++ compiler")
+
+    monkeypatch.setattr(cpp_extension, "load", broken)
+    monkeypatch.setattr(_fused, "_cpu_module", None)
+    monkeypatch.setattr(_fused, "_cpu_tried", True)  # an earlier failure is retried
+    with pytest.raises(RuntimeError, match="could not be built: OSError: no C\\+\\+ compiler"):
+        _fused.build_cpu_kernel()
 
 
 class _FakeParam:
@@ -228,7 +318,7 @@ class _FakeParam:
     [
         (["cuda:0", "cuda:0"], True, True),  # CUDA with Triton: fused by default
         (["cuda:0"], False, False),  # no Triton: foreach
-        (["cpu", "cpu"], True, False),  # CPU: never (the kernel needs a C++ compiler)
+        (["cpu", "cpu"], True, False),  # CPU, kernel not built (below): foreach
         (["cuda:0", "cpu"], True, False),  # mixed devices: foreach
         ([], True, False),
         (["cuda:0", ("cuda:0", torch.float8_e4m3fn)], True, False),  # a dtype it lacks
@@ -249,6 +339,7 @@ def test_fused_is_the_default_on_cuda_when_triton_is_importable(
         return original(device)
 
     monkeypatch.setattr(_fused, "fused_is_available", cpu_kernel_must_not_be_asked)
+    monkeypatch.setattr(_fused, "cpu_kernel_is_built", lambda: False)
     params = [_FakeParam(*d) if isinstance(d, tuple) else _FakeParam(d) for d in devices]
     assert _functional.default_fused(params) is expected
 

@@ -13,10 +13,11 @@ implement one contract (the signature of
 * ``fused``: one compiled kernel per (device, dtype) (``_fused.py``: C++ on CPU, Triton on CUDA).
 
 Defaults (``foreach=None, fused=None``): fused on CUDA when Triton is importable (one kernel
-launch per step instead of a few per operation), otherwise foreach for plain tensors and
-DTensors, otherwise single-tensor. On CPU the fused kernel is never a default: it needs a C++
-compiler at first use. Under ``torch.compile`` every path flag compiles the single-tensor
-form (see :func:`run_path`). The fast paths are imported lazily, only when used.
+launch per step instead of a few per operation) and on CPU when the C++ kernel has been built
+(``make setup``, or ``python -m vsgd_bayes.torch.build``; a default never compiles), otherwise
+foreach for plain tensors and DTensors, otherwise single-tensor. Under ``torch.compile``
+every path flag compiles the single-tensor form (see :func:`run_path`). The fast paths are
+imported lazily, only when used.
 """
 
 from __future__ import annotations
@@ -46,16 +47,21 @@ def fused_module() -> ModuleType:
 def default_fused(params: list[Tensor]) -> bool:
     """Whether ``fused=None`` (with ``foreach=None``) runs the fused path for ``params``.
 
-    Only on CUDA, when every parameter is there, of a dtype the kernel supports, and Triton
-    is importable (the fused kernel then needs nothing else); never on CPU, where it would
-    need a C++ compiler.
+    When every parameter is on one device type, of a dtype the kernel supports, and the
+    kernel is ready there without compiling anything: on CUDA, Triton is importable; on CPU,
+    the C++ kernel is already built (:func:`~vsgd_bayes.torch._fused.cpu_kernel_is_built`, a
+    file check; ``make setup`` or ``python -m vsgd_bayes.torch.build`` builds it). A default
+    never starts a build; if a built kernel fails to load, one warning and foreach.
     """
     if not params or torch.jit.is_scripting():
         return False
-    if any(p.device.type != "cuda" for p in params):
+    device_types = {p.device.type for p in params}
+    if device_types not in ({"cuda"}, {"cpu"}):
         return False
     fused = fused_module()
     if any(p.dtype not in fused.SUPPORTED_PARAM_DTYPES for p in params):
+        return False
+    if device_types == {"cpu"} and not fused.cpu_kernel_is_built():
         return False
     return all(fused.fused_is_available(device) for device in {p.device for p in params})
 

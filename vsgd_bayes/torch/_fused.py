@@ -42,7 +42,14 @@ from torch import Tensor
 from vsgd_bayes.torch._common import as_float, increment_steps
 from vsgd_bayes.torch._foreach import step_constants
 
-__all__ = ["fused_vsgd", "fused_is_available", "cpu_extension_name"]
+__all__ = [
+    "fused_vsgd",
+    "fused_is_available",
+    "cpu_extension_name",
+    "cpu_kernel_path",
+    "cpu_kernel_is_built",
+    "build_cpu_kernel",
+]
 
 _CSRC = pathlib.Path(__file__).parent / "csrc"
 SUPPORTED_PARAM_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -69,6 +76,51 @@ def cpu_extension_name() -> str:
     isa = torch.backends.cpu.get_cpu_capability()
     digest = hashlib.sha256((_CSRC / "vsgd_cpu.cpp").read_bytes()).hexdigest()[:8]
     return f"vsgd_fused_cpu_{isa.lower()}_{digest}"
+
+
+def cpu_kernel_path() -> pathlib.Path:
+    """Where torch's extension cache keeps the built CPU kernel (``<build dir>/<name>.so``).
+
+    The build directory is torch's own (``$TORCH_EXTENSIONS_DIR``, else
+    ``~/.cache/torch_extensions/<python>_<accelerator>/``), as
+    ``torch.utils.cpp_extension.load`` computes it; asking for it creates the (empty)
+    directory, as every load does, and compiles nothing.
+    """
+    from torch.utils import cpp_extension
+
+    name = cpu_extension_name()
+    return pathlib.Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"
+
+
+def cpu_kernel_is_built() -> bool:
+    """Whether the CPU kernel of this source and instruction set is in torch's cache.
+
+    A file check that never compiles: ``fused=None`` asks it to decide whether the fused
+    path is the CPU default (:func:`vsgd_bayes.torch._functional.default_fused`). Build the
+    kernel once with :func:`build_cpu_kernel` (``python -m vsgd_bayes.torch.build``, which
+    ``make setup`` runs).
+    """
+    return _cpu_module is not None or cpu_kernel_path().is_file()
+
+
+def build_cpu_kernel() -> pathlib.Path:
+    """Build (or load, if cached) the fused CPU kernel and return the path of its library.
+
+    A one-off of tens of seconds with a C++ compiler and ninja (the ``fused`` extra);
+    afterwards ``VSGD(..., fused=None)`` takes the fused path on CPU by default.
+
+    Raises:
+        RuntimeError: the kernel could not be built; the message gives the compiler's reason.
+    """
+    global _cpu_tried
+    if _cpu_module is None:
+        _cpu_tried = False  # an explicit request retries a build that failed earlier
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            _load_cpu_module()
+    if _cpu_module is None:
+        raise RuntimeError(f"the fused CPU kernel could not be built: {_cpu_error}")
+    return cpu_kernel_path()
 
 
 def _load_cpu_module():

@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -27,6 +26,7 @@ import time
 from vsgd_bayes.apps.bench.optimizers import OPTIMIZERS
 from vsgd_bayes.apps.bench.schedules import SCHEDULES
 from vsgd_bayes.apps.bench.tasks import TASKS
+from vsgd_bayes.apps.output import add_output_options, write_results
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,10 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     # The models are tiny: a single thread avoids synchronisation overhead and makes the
     # timings comparable on a shared machine.
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    parser.add_argument(
-        "--json", dest="json_path", default=None, help="write the full results to this JSON file"
-    )
-    parser.add_argument("--out", default=None, help="directory for curves PNG and results.json")
+    add_output_options(parser, "the <task>_curves.png figures")
     parser.add_argument(
         "--no-progress", action="store_true", help="no tqdm bars even on a terminal"
     )
@@ -174,15 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             png = os.path.join(args.out, f"{result['task']}_curves.png")
             plot_curves(result, png)
             paths.append(png)
-        paths.append(os.path.join(args.out, "results.json"))
-    if args.json_path:
-        paths.append(args.json_path)
-    for path in paths:
-        if path.endswith(".json"):
-            directory = os.path.dirname(os.path.abspath(path))
-            os.makedirs(directory, exist_ok=True)
-            with open(path, "w") as handle:
-                json.dump(report, handle, indent=1)
+    paths += write_results(report, args.out, args.json_path)
     if paths:
         print("\nwrote " + ", ".join(paths))
     print(f"total wall time {report['wall_seconds']:.1f} s")

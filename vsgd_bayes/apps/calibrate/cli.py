@@ -4,8 +4,9 @@ TASK is ``digits-mlp``, ``digits-cnn``, ``char-lm`` or ``all``. For every optimi
 trains the task's model and, at log-spaced checkpoints, compares the optimizer's gradient
 posterior with the exact full-batch gradient g* and with M fresh mini-batch gradients (noise,
 drift and posterior calibration, estimation error, beta_1). Prints a Markdown table (mean over
-seeds); ``--out DIR`` writes ``DIR/results.json``, ``DIR/table.md`` and per task
-``DIR/<task>_reliability.png`` and ``DIR/<task>_metrics.png``.
+seeds); ``--json FILE`` writes the full results to FILE; ``--out DIR`` writes them to
+``DIR/results.json``, with ``DIR/table.md`` and per task ``DIR/<task>_reliability.png`` and
+``DIR/<task>_metrics.png`` (the same convention as ``vsgd-bayes bench``).
 
 Example:
     vsgd-bayes calibrate digits-mlp --quick --seeds 2 --out /tmp/calibration
@@ -14,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -23,6 +23,7 @@ from dataclasses import asdict, replace
 
 from vsgd_bayes.apps.calibrate.optimizers import CALIBRATED_OPTIMIZERS
 from vsgd_bayes.apps.calibrate.tasks import CALIBRATION_TASKS
+from vsgd_bayes.apps.output import add_output_options, write_results
 
 _NAMES = tuple(row.name for row in CALIBRATED_OPTIMIZERS)
 
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override M, fresh mini-batches per checkpoint (>= 2)")
     parser.add_argument("--drift-steps", type=int, default=None, help="override K (>= 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    parser.add_argument("--out", default=None, help="directory for results.json, table.md, PNGs")
+    add_output_options(parser, "table.md and the PNG figures")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     return parser
 
@@ -117,10 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         "table": table,
         "results": results,
     }
+    written = write_results(output, args.out, args.json_path)
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "results.json"), "w") as handle:
-            json.dump(output, handle, indent=1)
         with open(os.path.join(args.out, "table.md"), "w") as handle:
             handle.write(table + "\n")
         for task_name, by_optimizer in results.items():
@@ -128,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
                                     os.path.join(args.out, f"{task_name}_reliability.png"))
             report.plot_metrics(task_name, by_optimizer,
                                 os.path.join(args.out, f"{task_name}_metrics.png"))
-        print(f"\nwrote {args.out}/results.json, table.md and the PNG figures")
+        written += [os.path.join(args.out, "table.md"), "the PNG figures"]
+    if written:
+        print("\nwrote " + ", ".join(written))
     print(f"total wall time {wall:.1f} s")
     diverged = [f"{t}:{n}" for t, by in results.items() for n, e in by.items()
                 if any(run["diverged"] for run in e["runs"])]
