@@ -40,7 +40,7 @@ exclude_patterns = ["_build", "_generated/**/.ipynb_checkpoints", "README.md"]
 nitpicky = True
 # Names from other projects whose sites are not reachable here (no network at build time).
 nitpick_ignore_regex = [
-    (r"py:.*", r"(jax|jnp|numpy|np|optax|torch|numpyro|scipy|collections|typing)(\..*)?"),
+    (r"py:.*", r"(jax|jnp|numpy|np|optax|torch|numpyro|scipy|collections|typing|pathlib)(\..*)?"),
     (r"py:.*", r"(Tensor|Array|ArrayLike|Callable|Iterable|Any|NamedTuple|ModuleType)"),
     (r"py:.*", r"(Optimizer|ParamsT|GradientTransformation|GradientTransformationExtraArgs)"),
     (r"py:class", r"(float|int|str|bool|dict|list|tuple|object|type|optional|default.*)"),

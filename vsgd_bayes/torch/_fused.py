@@ -96,7 +96,7 @@ def cpu_kernel_is_built() -> bool:
     """Whether the CPU kernel of this source and instruction set is in torch's cache.
 
     A file check that never compiles: ``fused=None`` asks it to decide whether the fused
-    path is the CPU default (:func:`vsgd_bayes.torch._functional.default_fused`). Build the
+    path is the CPU default (``vsgd_bayes.torch._functional.default_fused``). Build the
     kernel once with :func:`build_cpu_kernel` (``python -m vsgd_bayes.torch.build``, which
     ``make setup`` runs).
     """
