@@ -9,6 +9,7 @@ from vsgd_bayes import hyperparameters as hp
 from vsgd_bayes.apps import validate
 from vsgd_bayes.rules import vsgd as rule
 from vsgd_bayes.rules.elbo import one_step_elbo, one_step_elbo_terms
+from vsgd_bayes.validation import factored as factored_validation
 from vsgd_bayes.validation import kalman as kalman_validation
 from vsgd_bayes.validation import vsgd as validation
 
@@ -24,6 +25,9 @@ def test_cli_passes_and_writes_json(tmp_path, capsys):
     kalman_checks = json.loads(path.read_text())["kalman_checks"]
     assert [c["name"] for c in kalman_checks] == list(kalman_validation.CHECKS)
     assert all(check["passed"] is True for check in kalman_checks)
+    factored_checks = json.loads(path.read_text())["factored_checks"]
+    assert [c["name"] for c in factored_checks] == list(factored_validation.CHECKS)
+    assert all(check["passed"] is True for check in factored_checks)
     assert "all checks passed" in capsys.readouterr().out
 
 

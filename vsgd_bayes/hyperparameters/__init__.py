@@ -7,6 +7,7 @@ per method, the shared checking helpers in :mod:`~vsgd_bayes.hyperparameters.che
 * :mod:`~vsgd_bayes.hyperparameters.vsgd`: VSGD (the prior, both initialisations, rho_t).
 * :mod:`~vsgd_bayes.hyperparameters.constant`: Constant VSGD.
 * :mod:`~vsgd_bayes.hyperparameters.kalman`: Kalman VSGD.
+* :mod:`~vsgd_bayes.hyperparameters.factored`: Factored VSGD (row x column precisions).
 
 The names below are this package's flat interface (``from vsgd_bayes import hyperparameters as
 hp``; ``hp.DEFAULTS``, ``hp.KALMAN_DEFAULTS``), kept stable; a method's own module names its
@@ -15,7 +16,7 @@ objects without the method's prefix (``hyperparameters.kalman.DEFAULTS``).
 
 from __future__ import annotations
 
-from vsgd_bayes.hyperparameters import constant, kalman, vsgd
+from vsgd_bayes.hyperparameters import constant, factored, kalman, vsgd
 from vsgd_bayes.hyperparameters.checks import (
     CHOICES,
     REQUIREMENTS,
@@ -26,6 +27,11 @@ from vsgd_bayes.hyperparameters.constant import DEFAULTS as CONSTANT_DEFAULTS
 from vsgd_bayes.hyperparameters.constant import posterior_shape as constant_posterior_shape
 from vsgd_bayes.hyperparameters.constant import (
     validate_hyperparameters as validate_constant_hyperparameters,
+)
+from vsgd_bayes.hyperparameters.factored import DEFAULTS as FACTORED_DEFAULTS
+from vsgd_bayes.hyperparameters.factored import FACTORIZATIONS
+from vsgd_bayes.hyperparameters.factored import (
+    validate_hyperparameters as validate_factored_hyperparameters,
 )
 from vsgd_bayes.hyperparameters.kalman import DEFAULTS as KALMAN_DEFAULTS
 from vsgd_bayes.hyperparameters.kalman import (
@@ -55,6 +61,7 @@ __all__ = [
     "vsgd",
     "constant",
     "kalman",
+    "factored",
     "CHOICES",
     "REQUIREMENTS",
     "check_hyperparameter",
@@ -79,4 +86,7 @@ __all__ = [
     "validate_kalman_hyperparameters",
     "ratio_step_size",
     "averaging_weight",
+    "FACTORED_DEFAULTS",
+    "FACTORIZATIONS",
+    "validate_factored_hyperparameters",
 ]

@@ -6,6 +6,7 @@ One module per method, the shared per-leaf plumbing in ``_common``:
 * :mod:`vsgd_bayes.optax.vsgd`: :func:`scale_by_vsgd` and :func:`vsgd` (as :func:`optax.adamw`
   composes :func:`optax.scale_by_adam`).
 * :mod:`vsgd_bayes.optax.kalman`: :func:`scale_by_kalman_vsgd` and :func:`kalman_vsgd`.
+* :mod:`vsgd_bayes.optax.factored`: :func:`scale_by_factored_vsgd` and :func:`factored_vsgd`.
 
 Example:
     >>> import jax.numpy as jnp, optax
@@ -20,6 +21,11 @@ Example:
 
 from __future__ import annotations
 
+from vsgd_bayes.optax.factored import (
+    ScaleByFactoredVSGDState,
+    factored_vsgd,
+    scale_by_factored_vsgd,
+)
 from vsgd_bayes.optax.kalman import ScaleByKalmanVSGDState, kalman_vsgd, scale_by_kalman_vsgd
 from vsgd_bayes.optax.vsgd import ScaleByVSGDState, scale_by_vsgd, vsgd
 
@@ -30,4 +36,7 @@ __all__ = [
     "ScaleByKalmanVSGDState",
     "scale_by_kalman_vsgd",
     "kalman_vsgd",
+    "ScaleByFactoredVSGDState",
+    "scale_by_factored_vsgd",
+    "factored_vsgd",
 ]

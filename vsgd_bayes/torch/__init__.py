@@ -1,4 +1,5 @@
-"""PyTorch front end of VSGD: the optimizers ``VSGD``, ``ConstantVSGD`` and ``KalmanVSGD``.
+"""PyTorch front end of VSGD: the optimizers ``VSGD``, ``ConstantVSGD``, ``KalmanVSGD`` and
+``FactoredVSGD``.
 
 This subpackage imports torch but never JAX. The update is the one of :mod:`vsgd_bayes.rules.vsgd`
 (ported line by line in ``_single_tensor.py``, tested for float64 parity with it), with
@@ -16,7 +17,16 @@ Example:
 
 from vsgd_bayes.torch._functional import vsgd
 from vsgd_bayes.torch.constant import ConstantVSGD
+from vsgd_bayes.torch.factored import FactoredVSGD
 from vsgd_bayes.torch.kalman import KalmanVSGD
 from vsgd_bayes.torch.vsgd import VSGD, GradientPosterior, state_dtype
 
-__all__ = ["VSGD", "ConstantVSGD", "KalmanVSGD", "GradientPosterior", "state_dtype", "vsgd"]
+__all__ = [
+    "VSGD",
+    "ConstantVSGD",
+    "KalmanVSGD",
+    "FactoredVSGD",
+    "GradientPosterior",
+    "state_dtype",
+    "vsgd",
+]

@@ -69,6 +69,9 @@ class VSGDFamilyOptimizer(Optimizer):
     """
 
     state_fields: ClassVar[dict[str, StateInit]]
+    #: State fields that stay real for a complex parameter (e.g. factored rates, which are
+    #: per row or column of its real view rather than per coordinate).
+    real_state_fields: ClassVar[frozenset[str]] = frozenset()
     hyperparameters: ClassVar[tuple[str, ...]]
     paths: ClassVar[tuple[str, ...]]
     functional: ClassVar[Callable[..., None]]
@@ -196,7 +199,10 @@ class VSGDFamilyOptimizer(Optimizer):
             dtype = state_dtype(param.dtype)
             for key, value in loaded["state"].get(saved_id, {}).items():
                 if key != "step" and torch.is_tensor(value):
-                    self.state[param][key] = value.to(device=param.device, dtype=dtype, copy=True)
+                    key_dtype = dtype.to_real() if key in self.real_state_fields else dtype
+                    self.state[param][key] = value.to(
+                        device=param.device, dtype=key_dtype, copy=True
+                    )
 
     # ------------------------------------------------------------------ the step
     @torch.no_grad()

@@ -6,6 +6,8 @@ One harness (:mod:`~vsgd_bayes.validation.harness`) and one module of checks per
   model (stationarity, natural gradient, coordinate ascent, NumPyro's estimator and SVI).
 * :mod:`~vsgd_bayes.validation.kalman`: Kalman VSGD's filter, sensitivities and online
   estimates against a dense Gaussian posterior, ``jax.jvp`` and offline maximum likelihood.
+* :mod:`~vsgd_bayes.validation.factored`: Factored VSGD's row x column updates against its
+  one-step ELBO and NumPyro (stationarity, natural gradient, ascent, gauge, SVI, VSGD limit).
 
 Every check has a deliberately broken twin in the tests that it must report as failed.
 :data:`METHODS` is the registry that ``vsgd-bayes validate`` runs: a new method adds its
@@ -19,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
-from vsgd_bayes.validation import kalman, vsgd
+from vsgd_bayes.validation import factored, kalman, vsgd
 from vsgd_bayes.validation.harness import CheckResult, checked_run_arguments, format_table
 from vsgd_bayes.validation.vsgd import CHECKS, TOLERANCES, Updates, draw_cases, run_checks
 
@@ -34,6 +36,7 @@ __all__ = [
     "Updates",
     "draw_cases",
     "run_checks",
+    "factored",
     "kalman",
     "vsgd",
 ]
@@ -56,5 +59,10 @@ METHODS: dict[str, ValidatedMethod] = {
         "Kalman VSGD: filter, sensitivities and online estimates against exact references",
         kalman.run_checks,
         "kalman_checks",
+    ),
+    "factored-vsgd": ValidatedMethod(
+        "Factored VSGD: row x column updates against the one-step ELBO and NumPyro",
+        factored.run_checks,
+        "factored_checks",
     ),
 }
