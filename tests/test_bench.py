@@ -87,6 +87,7 @@ def test_make_optimizer_builds_every_name_and_rejects_others():
         "VSGD",
         "ConstantVSGD",
         "KalmanVSGD",
+        "FactoredVSGD",
         "AdamW",
         "SGD",
         "Adafactor",

@@ -289,6 +289,7 @@ def test_every_row_declares_its_family():
         "vsgd",
         "constant-vsgd",
         "kalman-vsgd",
+        "factored-vsgd",
     }
     # Adafactor's relative step puts its grid 30x (about 1.5 decades) above AdamW's.
     ratio = OPTIMIZERS["adafactor"].lr_grid[0] / OPTIMIZERS["adamw"].lr_grid[0]

@@ -154,6 +154,15 @@ CITING_FILES = {
         "kalman-variances",
         "parameter-step",
     },
+    "rules/factored.py": {
+        "factored-local", "factored-targets", "factored-gauge", "svi-blend", "parameter-step",
+    },
+    "torch/_factored_single_tensor.py": {
+        "factored-local", "factored-targets", "factored-gauge", "svi-blend", "parameter-step",
+    },
+    "torch/_factored_foreach.py": {
+        "factored-local", "factored-targets", "factored-gauge", "svi-blend", "parameter-step",
+    },
     "torch/_kalman_foreach.py": {
         "kalman-steady-gain",
         "kalman-innovation",
@@ -283,6 +292,7 @@ def test_notation_code_names_exist_in_the_package():
 
 def test_notation_state_fields_are_state_fields():
     from vsgd_bayes.rules import constant as constant_rule
+    from vsgd_bayes.rules import factored as factored_rule
     from vsgd_bayes.rules import kalman as kalman_rule
     from vsgd_bayes.rules import vsgd as rule
 
@@ -290,6 +300,7 @@ def test_notation_state_fields_are_state_fields():
         set(rule.VSGDState._fields)
         | set(constant_rule.ConstantVSGDState._fields)
         | set(kalman_rule.KalmanVSGDState._fields)
+        | set(factored_rule.FactoredVSGDState._fields)
     )
     listed = {name for row in _notation_rows() for name in _names(row["state"])}
     assert listed == fields  # every field documented, nothing else

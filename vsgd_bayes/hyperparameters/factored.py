@@ -31,9 +31,9 @@ __all__ = [
 #: The two ways of sharing the precisions (module docstring).
 FACTORIZATIONS: tuple[str, ...] = ("matrix", "tensor")
 
-#: Defaults of Factored VSGD: VSGD's (the authors' values), and row x column factors. No
-#: published code has this method; VSGD's defaults are kept so that a user who swaps VSGD for
-#: it changes only how the precisions are shared.
+#: Defaults of Factored VSGD, chosen here since no published code has this method. They are
+#: VSGD's values, the authors', so that a user who swaps VSGD for it changes only how the
+#: precisions are shared, and ``factorization="matrix"``.
 DEFAULTS: dict[str, Any] = {**VSGD_DEFAULTS, "factorization": "matrix"}
 
 register_requirements(choices={"factorization": FACTORIZATIONS})

@@ -5,4 +5,6 @@
   model and guide whose ELBO the closed-form updates optimise, and a simulator of gradient
   streams. Constant VSGD and Kalman VSGD are inference schemes for the same model (Constant
   VSGD with the ratio of the precisions fixed), so they have no model of their own.
+* :mod:`~vsgd_bayes.models.factored`: Factored VSGD's one-step model, VSGD's with each
+  precision a row factor times a column factor of the parameter's matrix view, and its guide.
 """

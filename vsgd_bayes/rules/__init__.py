@@ -8,6 +8,7 @@ the label of the equation it computes (``derivations/``):
   updates are checked against (:mod:`vsgd_bayes.validation`), and its CAVI optimum.
 * :mod:`~vsgd_bayes.rules.constant`: Constant VSGD (one precision, fixed ratio) and its ELBO.
 * :mod:`~vsgd_bayes.rules.kalman`: Kalman VSGD (exact filtering, recursive maximum likelihood).
+* :mod:`~vsgd_bayes.rules.factored`: Factored VSGD (row x column precisions) and its ELBO.
 
 Nothing is imported here, so that ``import vsgd_bayes.rules.vsgd`` loads only what it needs.
 """

@@ -1,9 +1,9 @@
 r"""Factored VSGD as pure JAX functions (derived here; see ``derivations/12_factored_vsgd.md``).
 
-A parameter tensor is viewed as a matrix (m, n) (:func:`vsgd_bayes.hyperparameters.factored.
-matrix_shape`) and each precision of VSGD's model is a row factor times a column factor,
-w_g,ij = r_i s_j and w_ghat,ij = p_i q_j, each factor with a Gamma posterior
-q(r_i) = Gamma(alpha^r, beta^r_i) and so on. One step:
+A parameter tensor is viewed as a matrix (m, n)
+(:func:`vsgd_bayes.hyperparameters.factored.matrix_shape`) and each precision of VSGD's model
+is a row factor times a column factor, w_g,ij = r_i s_j and w_ghat,ij = p_i q_j, each factor
+with a Gamma posterior q(r_i) = Gamma(alpha^r, beta^r_i) and so on. One step:
 
 .. math::
 

@@ -20,11 +20,11 @@ loop (the runner's supervised loop and the tasks with their own loop alike), so 
 knows which optimizer it trains with. To add an optimizer, append one row; every task, the
 CLI's ``--optimizers`` and the tables pick it up.
 
-``VSGD``, ``ConstantVSGD`` and ``KalmanVSGD`` come from :mod:`vsgd_bayes.torch` (imported only
-when built, so that the baselines run without it); the baselines are torch's ``AdamW`` and
-``SGD`` with heavy-ball momentum 0.9; the peers a user would pick instead are torch's
-``Adafactor``, Schedule-Free AdamW (``schedulefree.AdamWScheduleFree``) and IVON
-(``ivon.IVON`` from ``ivon-opt``), the last two from the ``bench`` extra (imported only when
+``VSGD``, ``ConstantVSGD``, ``KalmanVSGD`` and ``FactoredVSGD`` come from
+:mod:`vsgd_bayes.torch` (imported only when built, so that the baselines run without it); the
+baselines are torch's ``AdamW`` and ``SGD`` with heavy-ball momentum 0.9; the peers a user
+would pick instead are torch's ``Adafactor``, Schedule-Free AdamW
+(``schedulefree.AdamWScheduleFree``) and IVON (``ivon.IVON`` from ``ivon-opt``), the last two from the ``bench`` extra (imported only when
 built). Every optimizer takes the same ``weight_decay`` (decoupled for the VSGD family,
 AdamW, Adafactor and Schedule-Free AdamW, L2 for SGD, as each is usually run); IVON's is
 its prior precision, see :func:`_ivon`.
@@ -157,6 +157,14 @@ def _kalman_vsgd(
     return KalmanVSGD(params, lr=lr, weight_decay=weight_decay, **options)
 
 
+def _factored_vsgd(
+    params: Iterable[Any], lr: float, weight_decay: float, run: RunInfo | None = None, **options
+) -> torch.optim.Optimizer:
+    from vsgd_bayes.torch import FactoredVSGD
+
+    return FactoredVSGD(params, lr=lr, weight_decay=weight_decay, **options)
+
+
 def _adamw(
     params: Iterable[Any], lr: float, weight_decay: float, run: RunInfo | None = None, **options
 ) -> torch.optim.Optimizer:
@@ -243,6 +251,10 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     "constant-vsgd": OptimizerSpec("ConstantVSGD", _constant_vsgd, log_grid(1e-3), family="vsgd"),
     # Kalman VSGD takes VSGD's step (|step| < lr) with another inference: VSGD's grid.
     "kalman-vsgd": OptimizerSpec("KalmanVSGD", _kalman_vsgd, log_grid(1e-3), family="vsgd"),
+    # Factored VSGD takes VSGD's step with shared precisions: VSGD's grid.
+    "factored-vsgd": OptimizerSpec(
+        "FactoredVSGD", _factored_vsgd, log_grid(1e-3), family="vsgd"
+    ),
     "adamw": OptimizerSpec("AdamW", _adamw, log_grid(1e-4)),
     "sgd": OptimizerSpec("SGD-momentum", _sgd, log_grid(1e-3)),
     "adafactor": OptimizerSpec("Adafactor", _adafactor, log_grid(3e-3)),

@@ -134,6 +134,12 @@ def _kalman_vsgd(params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer:
     return KalmanVSGD(params, lr=lr)
 
 
+def _factored_vsgd(params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer:
+    from vsgd_bayes.torch import FactoredVSGD
+
+    return FactoredVSGD(params, lr=lr)
+
+
 def _adamw(params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
@@ -153,6 +159,9 @@ CALIBRATED_OPTIMIZERS: tuple[CalibratedOptimizer, ...] = (
     CalibratedOptimizer("constant-vsgd", "ConstantVSGD", _constant_vsgd, VSGD_RATES,
                         posterior=constant_vsgd_posterior),
     CalibratedOptimizer("kalman-vsgd", "KalmanVSGD", _kalman_vsgd, VSGD_RATES,
+                        posterior=gradient_posterior_method),
+    # VSGD's step and prior with shared precisions: VSGD's rates, beside VSGD's posterior.
+    CalibratedOptimizer("factored-vsgd", "FactoredVSGD", _factored_vsgd, VSGD_RATES,
                         posterior=gradient_posterior_method),
     CalibratedOptimizer("adamw", "AdamW", _adamw,
                         {"digits-mlp": 0.003, "digits-cnn": 0.01, "char-lm": 0.01},
