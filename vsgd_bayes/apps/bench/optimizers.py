@@ -24,10 +24,10 @@ CLI's ``--optimizers`` and the tables pick it up.
 :mod:`vsgd_bayes.torch` (imported only when built, so that the baselines run without it); the
 baselines are torch's ``AdamW`` and ``SGD`` with heavy-ball momentum 0.9; the peers a user
 would pick instead are torch's ``Adafactor``, Schedule-Free AdamW
-(``schedulefree.AdamWScheduleFree``) and IVON (``ivon.IVON`` from ``ivon-opt``), the last two from the ``bench`` extra (imported only when
-built). Every optimizer takes the same ``weight_decay`` (decoupled for the VSGD family,
-AdamW, Adafactor and Schedule-Free AdamW, L2 for SGD, as each is usually run); IVON's is
-its prior precision, see :func:`_ivon`.
+(``schedulefree.AdamWScheduleFree``) and IVON (``ivon.IVON`` from ``ivon-opt``), the last two
+from the ``bench`` extra (imported only when built). Every optimizer takes the same
+``weight_decay`` (decoupled for the VSGD family, AdamW, Adafactor and Schedule-Free AdamW, L2
+for SGD, as each is usually run); IVON's is its prior precision, see :func:`_ivon`.
 
 Example:
     >>> import torch
