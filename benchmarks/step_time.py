@@ -3,8 +3,9 @@
 Paths: VSGD single-tensor / foreach / fused (the functional paths the optimizer dispatches
 to, on shared parameters and state), ``VSGD(params)`` with its default flags (the optimizer
 as a user constructs it, with its own state; the path it picked is printed), Kalman VSGD
-single-tensor / foreach (its own state), ``torch.optim.Adam`` (foreach=True and fused=True)
-and, when installed, ``pytorch_optimizer.VSGD`` (third party). Rounds are interleaved in one
+single-tensor / foreach (its own state), Factored VSGD single-tensor / foreach (its own
+state), ``torch.optim.Adam`` (foreach=True and fused=True), ``torch.optim.Adafactor``
+(foreach=True) and, when installed, ``pytorch_optimizer.VSGD`` (third party). Rounds are interleaved in one
 process (round r runs every path once), so a change in the machine's load hits all paths
 alike; we report the minimum and the median per path, and the ratio of minima to fused Adam.
 
@@ -162,6 +163,17 @@ def make_paths(problem: Problem, device: torch.device) -> dict[str, Callable[[],
 
     paths["kalman_single_tensor"] = problem.kalman(single_tensor_kalman_vsgd)
     paths["kalman_foreach"] = problem.kalman(foreach_kalman_vsgd)
+    # Factored VSGD (its own state, one untimed step creates it) and torch's Adafactor, the
+    # optimizer a user picks when memory binds.
+    from vsgd_bayes.torch import FactoredVSGD
+
+    for name, foreach in (("factored_single_tensor", False), ("factored_foreach", True)):
+        factored = FactoredVSGD(problem.params, lr=LR, foreach=foreach)
+        factored.step()
+        paths[name] = factored.step
+    adafactor = torch.optim.Adafactor(problem.params, lr=LR, foreach=True)
+    adafactor.step()
+    paths["adafactor_foreach"] = adafactor.step
     try:
         import pytorch_optimizer
 

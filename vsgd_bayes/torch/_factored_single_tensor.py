@@ -1,7 +1,8 @@
 r"""The single-tensor path of ``FactoredVSGD``: a line-by-line port of the JAX factored rule.
 
-Each function of :mod:`vsgd_bayes.rules.factored` has its counterpart here, with the same
-arithmetic in the same order, so that this path agrees with the rule to float64 rounding
+Each function of :mod:`vsgd_bayes.rules.factored` has its counterpart here; the local update
+runs in the single-pass form of ``09_fast_paths.md`` (algebraically the rule's, fewer
+temporaries), so this path agrees with the rule to float64 rounding
 (``tests/test_torch_factored.py``); the foreach path (``_factored_foreach.py``) is tested
 against this one. Every tensor is worked on as its matrix view (m, n)
 (:func:`vsgd_bayes.hyperparameters.factored.matrix_shape`); a parameter without a column
@@ -21,7 +22,7 @@ from vsgd_bayes.torch._common import step_in_state_dtype_
 from vsgd_bayes.torch._single_tensor import parameter_step_, svi_blend_
 
 __all__ = ["single_tensor_factored_vsgd", "FactoredScalars", "factored_step_scalars",
-           "update_factors_"]
+           "update_factors_", "factored_posterior_step_"]
 
 
 class FactoredScalars(NamedTuple):
@@ -77,22 +78,61 @@ def update_factors_(
 ) -> None:
     """In place: rows with the current columns, blended; columns with the new rows, blended;
     the gauge (``rules.factored.update_factors`` [factored-targets], [svi-blend],
-    [factored-gauge]). ``residual`` (m, n) is D or N."""
+    [factored-gauge]). ``residual`` (m, n) is D or N; the sums over a row or a column are
+    matrix-vector products."""
     factored = column_rate.numel() > 0
     if factored:
-        column_expectation = (scalars.column_shape_before / column_rate).unsqueeze(0)
-        row_target = (column_expectation * residual).sum(dim=1).mul_(0.5).add_(prior_rate)
+        column_expectation = scalars.column_shape_before / column_rate
+        row_target = torch.mv(residual, column_expectation).mul_(0.5).add_(prior_rate)
     else:
         row_target = residual.sum(dim=1).mul_(0.5).add_(prior_rate)
     svi_blend_(row_rate, row_target, step_size)
     if not factored:
         return
-    row_expectation = (scalars.row_shape / row_rate).unsqueeze(1)
-    column_target = (row_expectation * residual).sum(dim=0).mul_(0.5).add_(prior_shape)
+    row_expectation = scalars.row_shape / row_rate
+    column_target = torch.mv(residual.t(), row_expectation).mul_(0.5).add_(prior_shape)
     svi_blend_(column_rate, column_target, step_size)
     scale = (scalars.column_shape / column_rate).mean()  # c = mean_j E[s_j]
     column_rate.mul_(scale)
     row_rate.div_(scale)
+
+
+def factored_posterior_step_(
+    gradient: Tensor, gradient_mean: Tensor, drift_rows: Tensor, drift_columns: Tensor,
+    noise_rows: Tensor, noise_columns: Tensor, scalars: FactoredScalars, rows: int,
+    columns: int, drift_prior_rate: float, noise_prior_rate: float, prior_shape: float,
+) -> Tensor:
+    """One tensor's posterior step in place (mu and the four rate vectors); returns sigma^2 in
+    the shape of ``gradient_mean``. ``gradient`` is the matrix view (m, n) in the state dtype
+    (negated for ``maximize``).
+
+    The single-pass form of ``09_fast_paths.md`` with the factored precisions: with
+    k = E[w_ghat] / (E[w_g] + E[w_ghat]) and e = g_hat - u, mu = u + k e [fast-gain],
+    [fast-mean], sigma^2 = 1 / (E[w_g] + E[w_ghat]) [factored-local], and the residuals
+    D = sigma^2 + (k e)^2, N = sigma^2 + ((1 - k) e)^2 [fast-residuals]; algebraically the
+    rule's (eq:factored-local), in four (m, n) temporaries.
+    """
+    mean = gradient_mean.reshape(rows, columns)  # a view when contiguous, else a copy
+    drift_precision = expected_precision(
+        scalars.row_shape_before, drift_rows, scalars.column_shape_before, drift_columns)
+    gain = expected_precision(
+        scalars.row_shape_before, noise_rows, scalars.column_shape_before, noise_columns)
+    variance = (drift_precision + gain).reciprocal_().expand(rows, columns)
+    gain = gain.mul(variance) if gain.shape != variance.shape else gain.mul_(variance)
+    error = gradient - mean  # e
+    drift_step = gain.mul_(error)  # k e = mu - u
+    noise_step = error.sub_(drift_step)  # (1 - k) e = g_hat - mu
+    if gradient_mean.is_contiguous():  # mean is a view of it: update in place
+        mean.add_(drift_step)
+    else:
+        gradient_mean.copy_((mean + drift_step).reshape(gradient_mean.shape))
+    drift_residual = drift_step.square_().add_(variance)
+    noise_residual = noise_step.square_().add_(variance)
+    update_factors_(drift_rows, drift_columns, drift_residual, scalars, drift_prior_rate,
+                    prior_shape, scalars.drift_step_size)
+    update_factors_(noise_rows, noise_columns, noise_residual, scalars, noise_prior_rate,
+                    prior_shape, scalars.noise_step_size)
+    return variance.reshape(gradient_mean.shape)
 
 
 def single_tensor_factored_vsgd(
@@ -134,25 +174,9 @@ def single_tensor_factored_vsgd(
         gradient = grad.to(dtype).reshape(rows, columns)
         if maximize:
             gradient = -gradient
-        gradient_mean_prev = gradient_mean.reshape(rows, columns).clone()
-        # [factored-local]
-        drift_precision = expected_precision(
-            scalars.row_shape_before, drift_rows, scalars.column_shape_before, drift_columns)
-        noise_precision = expected_precision(
-            scalars.row_shape_before, noise_rows, scalars.column_shape_before, noise_columns)
-        gradient_variance = (drift_precision + noise_precision).reciprocal_().expand(
-            rows, columns)
-        new_gradient_mean = gradient_variance * (
-            drift_precision * gradient_mean_prev + noise_precision * gradient)
-        drift_residual = (new_gradient_mean - gradient_mean_prev).square_().add_(
-            gradient_variance)
-        noise_residual = (new_gradient_mean - gradient).square_().add_(gradient_variance)
-        update_factors_(drift_rows, drift_columns, drift_residual, scalars, drift_prior_rate,
-                        prior_shape, scalars.drift_step_size)
-        update_factors_(noise_rows, noise_columns, noise_residual, scalars, noise_prior_rate,
-                        prior_shape, scalars.noise_step_size)
-        gradient_mean.copy_(new_gradient_mean.reshape(gradient_mean.shape))
-        variance = gradient_variance.reshape(gradient_mean.shape)
+        variance = factored_posterior_step_(
+            gradient, gradient_mean, drift_rows, drift_columns, noise_rows, noise_columns,
+            scalars, rows, columns, drift_prior_rate, noise_prior_rate, prior_shape)
         # [parameter-step], VSGD's
         step_in_state_dtype_(
             param,

@@ -1,0 +1,52 @@
+"""benchmarks/optimizer_memory.py: the state layouts it computes the scaling figure from agree
+with the state_dict() measurement, and a wrong layout is caught (check of the check)."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SMALL_SHAPES = {"mixed": [(8, 3, 3, 3), (8,), (5, 4), (), (6, 2, 2)], "square": [(16, 16)] * 2}
+
+
+@pytest.fixture(scope="module")
+def memory():
+    spec = importlib.util.spec_from_file_location(
+        "optimizer_memory", ROOT / "benchmarks" / "optimizer_memory.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_layouts_agree_with_the_measurement(memory):
+    table = memory.measure(SMALL_SHAPES)
+    for rows in table.values():
+        for name, row in rows.items():
+            assert row["computed_bytes"] == row["state_bytes"], name
+    # the numbers the issue states: Adam 2x, VSGD 3x, Kalman 4x (+ step counters)
+    square = table["square"]
+    assert square["Adam"]["ratio"] == pytest.approx(2.0, abs=0.01)
+    assert square["VSGD"]["ratio"] == pytest.approx(3.0, abs=0.01)
+    assert square["FactoredVSGD"]["state_bytes"] == 4 * 2 * (16 * 16 + 2 * 32 + 1)
+
+
+def test_a_wrong_layout_is_caught(memory, monkeypatch):
+    original = memory.state_values
+
+    def wrong(name, shape):  # as if FactoredVSGD kept VSGD's three values per coordinate
+        if name == "FactoredVSGD":
+            return original("VSGD", shape)
+        return original(name, shape)
+
+    monkeypatch.setattr(memory, "state_values", wrong)
+    table = memory.measure(SMALL_SHAPES)
+    assert table["square"]["FactoredVSGD"]["computed_bytes"] != (
+        table["square"]["FactoredVSGD"]["state_bytes"])
+    assert memory.main(["--quick"]) == 1  # the script itself fails on the mismatch
+
+
+def test_scaling_curve_meets_the_memory_target_from_1e5_parameters(memory):
+    curves = memory.scaling([10**5, 10**6, 10**8])
+    assert all(ratio <= 1.05 for ratio in curves["FactoredVSGD"])
+    assert curves["FactoredVSGD"] == sorted(curves["FactoredVSGD"], reverse=True)
