@@ -5,8 +5,9 @@ to, on shared parameters and state), ``VSGD(params)`` with its default flags (th
 as a user constructs it, with its own state; the path it picked is printed), Kalman VSGD
 single-tensor / foreach (its own state), Factored VSGD single-tensor / foreach (its own
 state), ``torch.optim.Adam`` (foreach=True and fused=True), ``torch.optim.Adafactor``
-(foreach=True) and, when installed, ``pytorch_optimizer.VSGD`` (third party). Rounds are interleaved in one
-process (round r runs every path once), so a change in the machine's load hits all paths
+(foreach=True) and, when installed, ``pytorch_optimizer.VSGD`` (third party). Rounds are
+interleaved in one process (round r runs every path once), so a change in the machine's load
+hits all paths
 alike; we report the minimum and the median per path, and the ratio of minima to fused Adam.
 
 Transient memory is the peak of memory allocated during one step beyond what was allocated
