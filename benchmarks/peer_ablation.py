@@ -12,7 +12,8 @@ Rows (added to the bench registry in this process only, on SF-AdamW's own grid):
 
 Usage::
 
-    python benchmarks/peer_ablation.py digits-vae --out benchmarks/tasks_cpu_v2/digits-vae_sf_ablation
+    python benchmarks/peer_ablation.py digits-vae \\
+        --out benchmarks/tasks_cpu_v2/digits-vae_sf_ablation
 """
 
 from __future__ import annotations
