@@ -37,6 +37,9 @@ def pair(result: dict, optimizer: str, reference: str) -> dict:
     row = {"task": result["task"], "metric": result["metric"],
            "higher_is_better": result["higher_is_better"]}
     for key, field in (("end", "test_metrics"), ("at_best_val", "test_metrics_at_best_val")):
+        if field not in summary[optimizer] or field not in summary[reference]:
+            row[key] = None  # a task without checkpoints (cartpole-pg) has no best-val column
+            continue
         paired = paired_difference(summary[optimizer][field], summary[reference][field])
         error = paired["standard_error"]
         paired["better_in_standard_errors"] = (
@@ -61,13 +64,15 @@ def main(argv=None) -> int:
           f"{args.optimizer} better)")
     print("| task | metric | end: mean ± SE | end, SE | at best val: mean ± SE | at best val, SE |")
     print("|---|---|---|---|---|---|")
+    def cells(paired):
+        if paired is None:
+            return "– | –"
+        return (f"{paired['mean']:+.4f} ± {paired['standard_error']:.4f} | "
+                f"{paired['better_in_standard_errors']:+.1f}")
+
     for row in rows:
-        end, best = row["end"], row["at_best_val"]
         print(f"| {row['task']} | {row['metric']} {'↑' if row['higher_is_better'] else '↓'} | "
-              f"{end['mean']:+.4f} ± {end['standard_error']:.4f} | "
-              f"{end['better_in_standard_errors']:+.1f} | "
-              f"{best['mean']:+.4f} ± {best['standard_error']:.4f} | "
-              f"{best['better_in_standard_errors']:+.1f} |")
+              f"{cells(row['end'])} | {cells(row['at_best_val'])} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"optimizer": args.optimizer, "reference": args.reference, "pairs": rows},

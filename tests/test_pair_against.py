@@ -49,3 +49,11 @@ def test_cli_writes_json(pair_against, tmp_path, capsys):
     pairs = json.loads(out.read_text())["pairs"]
     assert pairs[0]["end"]["mean"] == pytest.approx(1.5)
     assert "| t | m ↓ |" in capsys.readouterr().out
+
+
+def test_a_task_without_checkpoints_has_no_best_val_pair(pair_against):
+    result = _result(True, [1.0, 2.0], [0.0, 0.0])
+    for row in result["summary"].values():
+        del row["test_metrics_at_best_val"]
+    row = pair_against.pair(result, "a", "b")
+    assert row["at_best_val"] is None and row["end"]["mean"] == pytest.approx(1.5)
