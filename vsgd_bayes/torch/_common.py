@@ -23,6 +23,7 @@ __all__ = [
     "increment_steps",
     "default_foreach",
     "step_in_state_dtype_",
+    "foreach_parameter_step_",
 ]
 
 
@@ -125,3 +126,32 @@ def step_in_state_dtype_(param: Tensor, dtype: torch.dtype, step_: Any) -> None:
         param_in_state_dtype = param.to(dtype)
         step_(param_in_state_dtype)
         param.copy_(param_in_state_dtype)
+
+
+def foreach_parameter_step_(
+    params: list[Tensor],
+    gradient_means: list[Tensor],
+    gradient_variances: list[Tensor],
+    lr: float,
+    weight_decay: float,
+    eps: float,
+    dtype: torch.dtype,
+) -> None:
+    """VSGD's parameter step [parameter-step] on lists, in place, for every method that takes
+    it: theta <- theta (1 - eta lambda) - eta mu / (sqrt(mu^2 + sigma^2) + eps).
+
+    The parameters share one dtype; when it is not the state dtype ``dtype`` (16-bit
+    parameters) the step is taken on copies in ``dtype`` and rounded back once.
+    """
+    denominators = torch._foreach_mul(gradient_means, gradient_means)
+    torch._foreach_add_(denominators, gradient_variances)
+    torch._foreach_sqrt_(denominators)
+    torch._foreach_add_(denominators, eps)
+    directions = torch._foreach_div(gradient_means, denominators)
+    torch._foreach_mul_(directions, lr)
+    work = params if all(p.dtype == dtype for p in params) else [p.to(dtype) for p in params]
+    if weight_decay != 0.0:
+        torch._foreach_mul_(work, 1.0 - lr * weight_decay)
+    torch._foreach_sub_(work, directions)
+    if work is not params:
+        torch._foreach_copy_(params, work)

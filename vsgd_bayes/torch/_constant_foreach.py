@@ -12,7 +12,7 @@ from collections import defaultdict
 import torch
 from torch import Tensor
 
-from vsgd_bayes.torch._common import as_float, increment_steps
+from vsgd_bayes.torch._common import as_float, foreach_parameter_step_, increment_steps
 from vsgd_bayes.torch._constant_single_tensor import constant_step_scalars
 
 __all__ = ["foreach_constant_vsgd"]
@@ -44,7 +44,7 @@ def foreach_constant_vsgd(
             column.append(tensor)
     gain = 1.0 / (1.0 + variance_ratio)  # k = 1 / (1 + K_g)
     precision_factor = 1.0 + 1.0 / variance_ratio
-    for (_, dtype, param_dtype), (ps, gs, means, rts, sts) in groups.items():
+    for (_, dtype, _), (ps, gs, means, rts, sts) in groups.items():
         increment_steps(sts)
         scalars = [constant_step_scalars(s, prior_strength, kappa, init, dtype) for s in sts]
         shapes = [shape for shape, _ in scalars]
@@ -80,15 +80,4 @@ def foreach_constant_vsgd(
         torch._foreach_add_(rts, targets)
         torch._foreach_copy_(means, new_means)
         # [parameter-step]: theta (1 - eta lambda) - eta mu / (sqrt(mu^2 + sigma^2) + eps)
-        denominators = torch._foreach_mul(means, means)
-        torch._foreach_add_(denominators, variances)
-        torch._foreach_sqrt_(denominators)
-        torch._foreach_add_(denominators, eps)
-        directions = torch._foreach_div(means, denominators)
-        torch._foreach_mul_(directions, lr)
-        work = ps if param_dtype == dtype else [p.to(dtype) for p in ps]
-        if weight_decay != 0.0:
-            torch._foreach_mul_(work, 1.0 - lr * weight_decay)
-        torch._foreach_sub_(work, directions)
-        if work is not ps:
-            torch._foreach_copy_(ps, work)
+        foreach_parameter_step_(ps, means, variances, lr, weight_decay, eps, dtype)

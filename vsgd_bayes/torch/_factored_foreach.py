@@ -14,12 +14,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import torch
 from torch import Tensor
 
 from vsgd_bayes import hyperparameters as hp
 from vsgd_bayes.hyperparameters import factored as factored_hp
-from vsgd_bayes.torch._common import as_float, increment_steps
+from vsgd_bayes.torch._common import as_float, foreach_parameter_step_, increment_steps
 from vsgd_bayes.torch._factored_single_tensor import (
     factored_posterior_step_,
     factored_step_scalars,
@@ -60,7 +59,7 @@ def foreach_factored_vsgd(
         key = (tensors[0].device, tensors[2].dtype, tensors[0].dtype)
         for column, tensor in zip(groups[key], tensors):
             column.append(tensor)
-    for (_, dtype, param_dtype), lists in groups.items():
+    for (_, dtype, _), lists in groups.items():
         ps, gs, means, drift_rows, drift_columns, noise_rows, noise_columns, sts = lists
         increment_steps(sts)
         variances = []
@@ -77,15 +76,4 @@ def foreach_factored_vsgd(
                 gradient, mean, dr, dc, nr, nc, scalars, rows, columns, drift_prior_rate,
                 noise_prior_rate, prior_shape))
         # [parameter-step]: theta (1 - eta lambda) - eta mu / (sqrt(mu^2 + sigma^2) + eps)
-        denominators = torch._foreach_mul(means, means)
-        torch._foreach_add_(denominators, variances)
-        torch._foreach_sqrt_(denominators)
-        torch._foreach_add_(denominators, eps)
-        directions = torch._foreach_div(means, denominators)
-        torch._foreach_mul_(directions, lr)
-        work = ps if param_dtype == dtype else [p.to(dtype) for p in ps]
-        if weight_decay != 0.0:
-            torch._foreach_mul_(work, 1.0 - lr * weight_decay)
-        torch._foreach_sub_(work, directions)
-        if work is not ps:
-            torch._foreach_copy_(ps, work)
+        foreach_parameter_step_(ps, means, variances, lr, weight_decay, eps, dtype)
