@@ -8,6 +8,7 @@ Rows (added to the bench registry in this process only, on SF-AdamW's own grid):
   where its gradients are taken (the averaging switched off at evaluation);
 * ``sf-adamw-no-warmup``: the protocol's constant rate instead of its warm-up;
 * ``adamw-warmup``: AdamW with SF-AdamW's warm-up (does the warm-up alone carry the lead?);
+* ``vsgd-warmup``: VSGD with the same warm-up (does it carry over to VSGD?);
 * ``adamw``, ``vsgd``: the references.
 
 Usage::
@@ -44,6 +45,8 @@ def ablation_rows() -> dict[str, registry.OptimizerSpec]:
         "sf-adamw-at-y": dataclasses.replace(sf, label="SF-AdamW at y", set_mode=_train_mode_only),
         "sf-adamw-no-warmup": dataclasses.replace(sf, label="SF-AdamW no warm-up", schedule=None),
         "adamw-warmup": dataclasses.replace(adamw, label="AdamW + warm-up", schedule="warmup"),
+        "vsgd-warmup": dataclasses.replace(registry.OPTIMIZERS["vsgd"], label="VSGD + warm-up",
+                                           schedule="warmup"),
     }
 
 
@@ -53,12 +56,20 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--budget", type=float, default=1.0)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--rows", help="comma-separated subset of the rows (default: all)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rows = ablation_rows()
     registry.OPTIMIZERS.update(rows)
     registry.LABELS.update({name: spec.label for name, spec in rows.items()})
     names = ["sf-adamw", *rows, "adamw", "vsgd"]
+    if args.rows:
+        names = [name for name in args.rows.split(",") if name]
+        unknown = sorted(set(names) - set(registry.OPTIMIZERS))
+        if unknown:
+            raise SystemExit(
+                f"Invalid rows: {unknown} (must be among {sorted(registry.OPTIMIZERS)})"
+            )
     started = time.time()
     result = run_task(args.task, names, quick=args.quick, budget=args.budget, progress=False)
     result["wall_seconds"] = time.time() - started

@@ -43,4 +43,6 @@ def test_rows_switch_off_one_ingredient_each(ablation):
     assert rows["sf-adamw-no-warmup"].set_mode is sf.set_mode
     assert rows["adamw-warmup"].schedule == "warmup"
     assert rows["adamw-warmup"].build is OPTIMIZERS["adamw"].build
+    assert rows["vsgd-warmup"].schedule == "warmup"
+    assert rows["vsgd-warmup"].build is OPTIMIZERS["vsgd"].build
     assert "sf-adamw-at-y" not in OPTIMIZERS  # the registry itself is left alone on import
