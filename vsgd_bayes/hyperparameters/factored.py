@@ -26,6 +26,7 @@ __all__ = [
     "matrix_shape",
     "is_factored",
     "factor_shapes",
+    "posterior_factor_shapes",
 ]
 
 #: The two ways of sharing the precisions (module docstring).
@@ -95,5 +96,10 @@ def factor_shapes(
     """
     if step <= 1:
         return prior_shape, prior_shape
-    rows, columns = matrix_shape(shape, factorization)
+    return posterior_factor_shapes(prior_shape, *matrix_shape(shape, factorization))
+
+
+def posterior_factor_shapes(prior_shape: Any, rows: int, columns: int) -> tuple[Any, Any]:
+    """(a_0 + n/2, a_0 + m/2): the posterior shapes of the row and the column factors of an
+    (m, n) matrix view after any step (eq:factored-targets)."""
     return prior_shape + 0.5 * columns, prior_shape + 0.5 * rows

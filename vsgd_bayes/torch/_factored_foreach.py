@@ -16,12 +16,9 @@ from collections import defaultdict
 
 from torch import Tensor
 
-from vsgd_bayes import hyperparameters as hp
-from vsgd_bayes.hyperparameters import factored as factored_hp
 from vsgd_bayes.torch._common import as_float, foreach_parameter_step_, increment_steps
 from vsgd_bayes.torch._factored_single_tensor import (
     factored_posterior_step_,
-    factored_step_scalars,
 )
 
 __all__ = ["foreach_factored_vsgd"]
@@ -51,8 +48,6 @@ def foreach_factored_vsgd(
     """One Factored VSGD step on lists of tensors, in place (contract of
     :func:`~vsgd_bayes.torch._factored_single_tensor.single_tensor_factored_vsgd`)."""
     lr = as_float(lr)
-    drift_prior_rate, noise_prior_rate = hp.prior_rates(prior_strength, variance_ratio, init)
-    prior_shape = hp.prior_shape(prior_strength, init)
     groups: dict[tuple, list[list[Tensor]]] = defaultdict(lambda: [[] for _ in range(8)])
     for tensors in zip(params, grads, gradient_means, drift_row_rates, drift_column_rates,
                        noise_row_rates, noise_column_rates, steps):
@@ -62,18 +57,14 @@ def foreach_factored_vsgd(
     for (_, dtype, _), lists in groups.items():
         ps, gs, means, drift_rows, drift_columns, noise_rows, noise_columns, sts = lists
         increment_steps(sts)
-        variances = []
-        for p, g, mean, dr, dc, nr, nc, s in zip(ps, gs, means, drift_rows, drift_columns,
-                                                 noise_rows, noise_columns, sts):
-            rows, columns = factored_hp.matrix_shape(tuple(p.shape), factorization)
-            scalars = factored_step_scalars(s, prior_strength, kappa1, kappa2, init, rows,
-                                            columns, dtype)
-            gradient = g.to(dtype).reshape(rows, columns)
-            if maximize:
-                gradient = -gradient
-            # [factored-local], [factored-targets], [svi-blend], [factored-gauge]
-            variances.append(factored_posterior_step_(
-                gradient, mean, dr, dc, nr, nc, scalars, rows, columns, drift_prior_rate,
-                noise_prior_rate, prior_shape))
+        # [factored-local], [factored-targets], [svi-blend], [factored-gauge], per tensor
+        variances = [
+            factored_posterior_step_(
+                g, mean, dr, dc, nr, nc, s, variance_ratio=variance_ratio,
+                prior_strength=prior_strength, kappa1=kappa1, kappa2=kappa2, init=init,
+                factorization=factorization, maximize=maximize)
+            for g, mean, dr, dc, nr, nc, s in zip(gs, means, drift_rows, drift_columns,
+                                                  noise_rows, noise_columns, sts)
+        ]
         # [parameter-step]: theta (1 - eta lambda) - eta mu / (sqrt(mu^2 + sigma^2) + eps)
         foreach_parameter_step_(ps, means, variances, lr, weight_decay, eps, dtype)

@@ -47,7 +47,7 @@ def factored_step_scalars(
     eagerly, 0-dim tensors of ``dtype`` under ``torch.compile``.
     """
     prior_shape = hp.prior_shape(prior_strength, init)
-    row_shape, column_shape = prior_shape + 0.5 * columns, prior_shape + 0.5 * rows
+    row_shape, column_shape = factored_hp.posterior_factor_shapes(prior_shape, rows, columns)
     if torch.compiler.is_compiling():
         step = step_t.to(dtype)
         first = step <= 1
@@ -98,13 +98,15 @@ def update_factors_(
 
 
 def factored_posterior_step_(
-    gradient: Tensor, gradient_mean: Tensor, drift_rows: Tensor, drift_columns: Tensor,
-    noise_rows: Tensor, noise_columns: Tensor, scalars: FactoredScalars, rows: int,
-    columns: int, drift_prior_rate: float, noise_prior_rate: float, prior_shape: float,
+    grad: Tensor, gradient_mean: Tensor, drift_rows: Tensor, drift_columns: Tensor,
+    noise_rows: Tensor, noise_columns: Tensor, step_t: Tensor, *, variance_ratio: float,
+    prior_strength: float, kappa1: float, kappa2: float, init: str, factorization: str,
+    maximize: bool,
 ) -> Tensor:
-    """One tensor's posterior step in place (mu and the four rate vectors); returns sigma^2 in
-    the shape of ``gradient_mean``. ``gradient`` is the matrix view (m, n) in the state dtype
-    (negated for ``maximize``).
+    """One tensor's posterior step in place (mu and the four rate vectors), at the step count
+    in ``step_t`` (already advanced); returns sigma^2 in the shape of ``gradient_mean``.
+    ``grad`` is the (real) gradient, read in the state dtype as its matrix view (m, n); the
+    single-tensor and foreach paths both call this.
 
     The single-pass form of ``09_fast_paths.md`` with the factored precisions: with
     k = E[w_ghat] / (E[w_g] + E[w_ghat]) and e = g_hat - u, mu = u + k e [fast-gain],
@@ -112,6 +114,15 @@ def factored_posterior_step_(
     D = sigma^2 + (k e)^2, N = sigma^2 + ((1 - k) e)^2 [fast-residuals]; algebraically the
     rule's (eq:factored-local), in four (m, n) temporaries.
     """
+    dtype = gradient_mean.dtype
+    rows, columns = factored_hp.matrix_shape(tuple(grad.shape), factorization)
+    scalars = factored_step_scalars(step_t, prior_strength, kappa1, kappa2, init, rows,
+                                    columns, dtype)
+    drift_prior_rate, noise_prior_rate = hp.prior_rates(prior_strength, variance_ratio, init)
+    prior_shape = hp.prior_shape(prior_strength, init)
+    gradient = grad.to(dtype).reshape(rows, columns)
+    if maximize:
+        gradient = -gradient
     mean = gradient_mean.reshape(rows, columns)  # a view when contiguous, else a copy
     drift_precision = expected_precision(
         scalars.row_shape_before, drift_rows, scalars.column_shape_before, drift_columns)
@@ -161,25 +172,17 @@ def single_tensor_factored_vsgd(
     Real tensors only (the caller views complex ones as real); arithmetic in the state dtype;
     gradients are never modified; hyperparameters are not validated here.
     """
-    drift_prior_rate, noise_prior_rate = hp.prior_rates(prior_strength, variance_ratio, init)
-    prior_shape = hp.prior_shape(prior_strength, init)
     for param, grad, gradient_mean, drift_rows, drift_columns, noise_rows, noise_columns, \
             step_t in zip(params, grads, gradient_means, drift_row_rates, drift_column_rates,
                           noise_row_rates, noise_column_rates, steps):
-        dtype = gradient_mean.dtype
-        rows, columns = factored_hp.matrix_shape(tuple(param.shape), factorization)
         step_t += 1
-        scalars = factored_step_scalars(step_t, prior_strength, kappa1, kappa2, init, rows,
-                                        columns, dtype)
-        gradient = grad.to(dtype).reshape(rows, columns)
-        if maximize:
-            gradient = -gradient
         variance = factored_posterior_step_(
-            gradient, gradient_mean, drift_rows, drift_columns, noise_rows, noise_columns,
-            scalars, rows, columns, drift_prior_rate, noise_prior_rate, prior_shape)
+            grad, gradient_mean, drift_rows, drift_columns, noise_rows, noise_columns, step_t,
+            variance_ratio=variance_ratio, prior_strength=prior_strength, kappa1=kappa1,
+            kappa2=kappa2, init=init, factorization=factorization, maximize=maximize)
         # [parameter-step], VSGD's
         step_in_state_dtype_(
             param,
-            dtype,
+            gradient_mean.dtype,
             lambda p: parameter_step_(p, gradient_mean, variance, lr, weight_decay, eps),
         )

@@ -39,7 +39,10 @@ from vsgd_bayes.hyperparameters import factored as factored_hp
 from vsgd_bayes.torch._base import VSGDFamilyOptimizer
 from vsgd_bayes.torch._common import filled_like
 from vsgd_bayes.torch._factored_foreach import foreach_factored_vsgd
-from vsgd_bayes.torch._factored_single_tensor import single_tensor_factored_vsgd
+from vsgd_bayes.torch._factored_single_tensor import (
+    expected_precision,
+    single_tensor_factored_vsgd,
+)
 from vsgd_bayes.torch._functional import run_path
 from vsgd_bayes.torch.vsgd import GradientPosterior
 
@@ -262,13 +265,11 @@ class FactoredVSGD(VSGDFamilyOptimizer):
         state = self._stepped_state(param, "gradient_posterior")
         real_shape = _real_shape(param)
         rows, columns = factored_hp.matrix_shape(real_shape, group["factorization"])
-        prior_shape = hp.prior_shape(group["prior_strength"], group["init"])
-        row_shape, column_shape = prior_shape + 0.5 * columns, prior_shape + 0.5 * rows
+        row_shape, column_shape = factored_hp.posterior_factor_shapes(
+            hp.prior_shape(group["prior_strength"], group["init"]), rows, columns)
 
         def precision(row_rate: Tensor, column_rate: Tensor) -> Tensor:
-            value = (row_shape / row_rate).unsqueeze(1)
-            if column_rate.numel():
-                value = value * (column_shape / column_rate).unsqueeze(0)
+            value = expected_precision(row_shape, row_rate, column_shape, column_rate)
             return value.expand(rows, columns).reshape(real_shape)
 
         def back(t: Tensor) -> Tensor:
