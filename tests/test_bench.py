@@ -88,12 +88,15 @@ def test_make_optimizer_builds_every_name_and_rejects_others():
         "ConstantVSGD",
         "KalmanVSGD",
         "FactoredVSGD",
+        "VSGD",  # sf-vsgd: VSGD with schedule_free_momentum
         "AdamW",
         "SGD",
         "Adafactor",
         "AdamWScheduleFree",
         "IVON",
     ]
+    sf_vsgd = make_optimizer("sf-vsgd", layer.parameters(), lr=1e-3)
+    assert sf_vsgd.param_groups[0]["schedule_free_momentum"] == 0.9
     # IVON's effective sample size is the training-set size: it refuses to guess one.
     with pytest.raises(ValueError, match="training-set size"):
         make_optimizer("ivon", layer.parameters(), lr=1e-3)

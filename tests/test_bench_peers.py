@@ -39,7 +39,7 @@ def _steps(opt: TrainingOptimizer, model: torch.nn.Module, count: int, seed: int
         opt.step(t)
 
 
-@pytest.mark.parametrize("name", PEERS)
+@pytest.mark.parametrize("name", PEERS + ("sf-vsgd",))
 def test_each_peer_row_builds_steps_and_round_trips_its_state_dict(name):
     model = _model()
     opt = TrainingOptimizer(name, model.parameters(), 1e-2, "constant", 10, train_size=100)
@@ -129,28 +129,29 @@ def test_ivon_reports_a_predictive_reading_beside_its_posterior_mean():
     assert "test_metric_predictive" not in runner.train_once(task, "adamw", 1e-3, 0, settings)
 
 
-def _schedule_free_without_mode(monkeypatch, task, settings):
-    original = OPTIMIZERS["sf-adamw"]
+def _schedule_free_without_mode(monkeypatch, task, settings, name):
+    original = OPTIMIZERS[name]
 
     def always_train(optimizer, training):
         optimizer.train()  # the switch skipped: evaluated at y, where it steps
 
     monkeypatch.setitem(
-        OPTIMIZERS, "sf-adamw", OptimizerSpec(**{**original.__dict__, "set_mode": always_train})
+        OPTIMIZERS, name, OptimizerSpec(**{**original.__dict__, "set_mode": always_train})
     )
     try:
-        return runner.train_once(task, "sf-adamw", 3e-3, 0, settings)
+        return runner.train_once(task, name, 3e-3, 0, settings)
     finally:
-        monkeypatch.setitem(OPTIMIZERS, "sf-adamw", original)
+        monkeypatch.setitem(OPTIMIZERS, name, original)
 
 
+@pytest.mark.parametrize("name", ["sf-adamw", "sf-vsgd"])
 def test_schedule_free_evaluated_without_the_mode_switch_gives_another_validation_metric(
-    monkeypatch,
+    monkeypatch, name
 ):
     task = make_task("digits-vae")  # a continuous metric: y and x give visibly different values
     settings = TaskSettings(steps=30, batch_size=64, eval_every=10)
-    with_switch = runner.train_once(task, "sf-adamw", 3e-3, 0, settings)
-    without = _schedule_free_without_mode(monkeypatch, task, settings)
+    with_switch = runner.train_once(task, name, 3e-3, 0, settings)
+    without = _schedule_free_without_mode(monkeypatch, task, settings, name)
     # The same steps (the switch never changes where gradients are taken), up to the float32
     # rounding of the lerps y -> x -> y of each evaluation (relative 1e-5 covers it) ...
     assert [p["train_loss"] for p in with_switch["curve"]] == pytest.approx(
@@ -290,13 +291,14 @@ def test_every_row_declares_its_family():
         "constant-vsgd",
         "kalman-vsgd",
         "factored-vsgd",
+        "sf-vsgd",
     }
     # Adafactor's relative step puts its grid 30x (about 1.5 decades) above AdamW's.
     ratio = OPTIMIZERS["adafactor"].lr_grid[0] / OPTIMIZERS["adamw"].lr_grid[0]
     assert ratio == pytest.approx(30)
 
 
-@pytest.mark.parametrize("name", ["sf-adamw", "ivon", "adafactor"])
+@pytest.mark.parametrize("name", ["sf-adamw", "ivon", "adafactor", "sf-vsgd"])
 @pytest.mark.parametrize(
     "task_name, settings",
     [
@@ -311,7 +313,8 @@ def test_every_task_trains_every_peer_through_the_row_mechanism(name, task_name,
     assert not run["diverged"] and math.isfinite(run["test_metric"])
     # One gradient context per optimizer step, in the supervised loop and cartpole's own.
     assert run["gradient_contexts"] == run.get("updates", run["steps"]) >= 1
-    assert run["schedule"] == ("warmup" if name == "sf-adamw" else settings.schedule)
+    own = {"sf-adamw": "warmup", "sf-vsgd": "constant"}  # Schedule-Free: its own schedule
+    assert run["schedule"] == own.get(name, settings.schedule)
 
 
 def test_merging_parts_chooses_the_best_peer_again_over_the_joined_rows():

@@ -67,6 +67,9 @@ COMMON_CONSTRUCTION_ERRORS = (
     (dict(init="adam"), ValueError, r"Invalid init: 'adam' \(must be one of"),
     (dict(maximize=1), TypeError, r"Invalid maximize: 1 \(must be a bool\)"),
     (dict(foreach="yes"), TypeError, r"Invalid foreach: 'yes' \(must be a bool or None\)"),
+    (dict(schedule_free_momentum=1.0), ValueError,
+     r"Invalid schedule_free_momentum: 1\.0 \(must be in \(0, 1\), or None for off\)"),
+    (dict(schedule_free_momentum="0.9"), ValueError, r"Invalid schedule_free_momentum: '0\.9'"),
 )
 
 COMMON_STEP_ERRORS = (
@@ -76,6 +79,7 @@ COMMON_STEP_ERRORS = (
     StepError("init", "Paper", ValueError, r"Invalid init: 'Paper'"),
     StepError("maximize", "no", TypeError, r"Invalid maximize: 'no'"),
     StepError("foreach", 2, TypeError, r"Invalid foreach: 2"),
+    StepError("schedule_free_momentum", 0.0, ValueError, r"Invalid schedule_free_momentum: 0\.0"),
 )
 
 ROWS = {
@@ -84,6 +88,7 @@ ROWS = {
         inputs=(
             dict(),
             dict(lr=0.3, weight_decay=0.1, maximize=True),
+        dict(lr=0.05, weight_decay=0.1, schedule_free_momentum=0.9),
             dict(init="paper", prior_strength=1e-5, variance_ratio=4.0, kappa1=0.6, kappa2=1.0,
                  eps=0.0),
         ),
@@ -108,6 +113,7 @@ ROWS = {
         inputs=(
             dict(),
             dict(lr=0.3, weight_decay=0.1, maximize=True),
+        dict(lr=0.05, weight_decay=0.1, schedule_free_momentum=0.9),
             dict(init="paper", prior_strength=1e-5, variance_ratio=4.0, kappa=0.6, eps=0.0),
         ),
         construction_errors=COMMON_CONSTRUCTION_ERRORS + (
@@ -131,6 +137,7 @@ ROWS["FactoredVSGD"] = OptimizerRow(
     inputs=(
         dict(),
         dict(lr=0.3, weight_decay=0.1, maximize=True),
+        dict(lr=0.05, weight_decay=0.1, schedule_free_momentum=0.9),
         dict(init="paper", prior_strength=1e-5, variance_ratio=4.0, kappa1=0.6, kappa2=1.0,
              eps=0.0),
         dict(factorization="tensor", weight_decay=0.01),
@@ -163,6 +170,7 @@ ROWS["KalmanVSGD"] = OptimizerRow(
     inputs=(
         dict(),
         dict(lr=0.3, weight_decay=0.1, maximize=True),
+        dict(lr=0.05, weight_decay=0.1, schedule_free_momentum=0.9),
         dict(initial_drift_to_noise=1e-3, ratio_step_scale=1.0, max_ratio_change=0.5,
              kappa=1.0, eps=1e-8),
     ),
@@ -297,8 +305,11 @@ def test_fast_paths_match_single_tensor_params_and_every_state_entry(name, path)
             what = f"{name} {path} inputs {index} param {i}"
             assert_close_to_scale(p.detach(), q.detach(), PATH_RELATIVE_TOLERANCE, what)
             state, reference_state = fast.state[p], reference.state[q]
-            assert tuple(state) == row.state_keys
-            for key in row.state_keys:
+            keys = row.state_keys + (
+                ("schedule_free_z",) if inputs.get("schedule_free_momentum") else ()
+            )
+            assert tuple(state) == keys
+            for key in keys:
                 assert state[key].dtype == reference_state[key].dtype
                 assert_close_to_scale(state[key], reference_state[key], PATH_RELATIVE_TOLERANCE,
                                       f"{what} {key}")

@@ -16,6 +16,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from vsgd_bayes import hyperparameters as hp
+from vsgd_bayes.hyperparameters.schedule_free import check_schedule_free_momentum
+from vsgd_bayes.torch import _schedule_free as schedule_free
 from vsgd_bayes.torch._common import check_flag, state_dtype
 
 __all__ = ["VSGDFamilyOptimizer", "StateInit", "PATHS"]
@@ -94,6 +96,7 @@ class VSGDFamilyOptimizer(Optimizer):
             hp.check_hyperparameter(name, group[name])
         for flag in cls._flags():
             check_flag(flag, group[flag], allow_none=flag != "maximize")
+        check_schedule_free_momentum(group.get("schedule_free_momentum"))
         if group["foreach"] and group.get("fused"):
             raise ValueError("foreach=True and fused=True are mutually exclusive; choose one path")
 
@@ -108,6 +111,12 @@ class VSGDFamilyOptimizer(Optimizer):
         name = type(self).__name__
         for group_index, group in enumerate(self.param_groups):
             self._validate_group(group)
+            if schedule_free.is_on(group) and not schedule_free.in_train_mode(group):
+                raise RuntimeError(
+                    f"{name} with schedule_free_momentum: param group {group_index} is in eval "
+                    "mode (its parameters hold the average x); call optimizer.train() before "
+                    "step()"
+                )
             for param_index, param in enumerate(group["params"]):
                 grad = param.grad
                 if grad is None:
@@ -164,6 +173,7 @@ class VSGDFamilyOptimizer(Optimizer):
         for group in self.param_groups:
             group.setdefault("maximize", False)
             group.setdefault("foreach", None)
+            group.setdefault("schedule_free_momentum", None)
             if "fused" in self.paths:
                 group.setdefault("fused", None)
             for param in group["params"]:
@@ -236,8 +246,26 @@ class VSGDFamilyOptimizer(Optimizer):
                 continue
             flags = {flag: group[flag] for flag in self._flags()}
             hyperparameters = {name: group[name] for name in self.hyperparameters}
+            if schedule_free.is_on(group):
+                states = [self.state[p] for p in params]
+                ys = schedule_free.start_(params, states)
             type(self).functional(params, grads, *fields, steps, **flags, **hyperparameters)
+            if schedule_free.is_on(group):
+                schedule_free.average_(params, ys, states, group)
         return loss
+
+    # ------------------------------------------------------------------ Schedule-Free modes
+    def train(self) -> None:
+        """Train mode (the default): the parameters of Schedule-Free groups hold y, where
+        gradients are taken. A no-op for groups without ``schedule_free_momentum``, and when
+        already in train mode."""
+        schedule_free.to_train_(self.param_groups, self.state)
+
+    def eval(self) -> None:
+        """Eval mode: the parameters of Schedule-Free groups hold the average x, the point to
+        evaluate, checkpoint or export; ``step()`` refuses until ``train()``. A no-op for
+        groups without ``schedule_free_momentum``."""
+        schedule_free.to_eval_(self.param_groups, self.state)
 
     # ------------------------------------------------------------------ posterior helpers
     def _group_of(self, param: Tensor, what: str) -> dict[str, Any]:

@@ -130,12 +130,19 @@ class ConstantVSGD(VSGDFamilyOptimizer):
         init: ``"reference"`` (a_0 = gamma + 5e-5, default) or ``"paper"`` (a_0 = gamma).
         maximize: maximise instead. Default False.
         foreach: use the ``torch._foreach`` path; None picks it when possible.
+        schedule_free_momentum: beta in (0, 1) turns on Schedule-Free averaging (Defazio et
+            al. 2024; :mod:`vsgd_bayes.hyperparameters.schedule_free`): gradients are taken at
+            y = beta x + (1 - beta) z, z takes this optimizer's step, x is the average of z.
+            Call ``eval()`` before evaluating or saving the model (the parameters then hold x)
+            and ``train()`` before the next step. Costs one more tensor per parameter
+            (``schedule_free_z``). None (default): off.
 
     Raises:
         ValueError: an invalid hyperparameter (named, with its value), at construction, at
             ``add_param_group`` and at every step (before anything is modified).
         TypeError: a non-bool ``maximize``/``foreach``.
-        RuntimeError: at a step, a sparse gradient (nothing is modified).
+        RuntimeError: at a step in eval mode (with ``schedule_free_momentum``),
+            a sparse gradient (nothing is modified).
 
     Example:
         >>> import torch
@@ -179,6 +186,7 @@ class ConstantVSGD(VSGDFamilyOptimizer):
         init: str = hp.CONSTANT_DEFAULTS["init"],
         maximize: bool = False,
         foreach: bool | None = None,
+        schedule_free_momentum: float | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -190,5 +198,6 @@ class ConstantVSGD(VSGDFamilyOptimizer):
             init=init,
             maximize=maximize,
             foreach=foreach,
+            schedule_free_momentum=schedule_free_momentum,
         )
         super().__init__(params, defaults)

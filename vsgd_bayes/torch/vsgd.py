@@ -103,12 +103,19 @@ class VSGD(VSGDFamilyOptimizer):
             about 4x faster steps than foreach on CPU). A default never compiles; an explicit
             ``fused=True`` builds the kernel at the first step if needed. ``foreach=True``
             with ``fused=True`` is a ValueError.
+        schedule_free_momentum: beta in (0, 1) turns on Schedule-Free averaging (Defazio et
+            al. 2024; :mod:`vsgd_bayes.hyperparameters.schedule_free`): gradients are taken at
+            y = beta x + (1 - beta) z, z takes this optimizer's step, x is the average of z.
+            Call ``eval()`` before evaluating or saving the model (the parameters then hold x)
+            and ``train()`` before the next step. Costs one more tensor per parameter
+            (``schedule_free_z``). None (default): off.
 
     Raises:
         ValueError: an invalid hyperparameter (named, with its value), at construction, at
             ``add_param_group`` and at every step (before anything is modified).
         TypeError: a non-bool ``maximize``/``foreach``/``fused``.
-        RuntimeError: at a step, a sparse gradient, or ``fused=True`` on a device without the
+        RuntimeError: at a step in eval mode (with ``schedule_free_momentum``),
+            a sparse gradient, or ``fused=True`` on a device without the
             fused kernel (nothing is modified).
 
     Example:
@@ -154,6 +161,7 @@ class VSGD(VSGDFamilyOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        schedule_free_momentum: float | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -167,6 +175,7 @@ class VSGD(VSGDFamilyOptimizer):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            schedule_free_momentum=schedule_free_momentum,
         )
         super().__init__(params, defaults)
 

@@ -165,6 +165,18 @@ def _factored_vsgd(
     return FactoredVSGD(params, lr=lr, weight_decay=weight_decay, **options)
 
 
+def _schedule_free_vsgd(
+    params: Iterable[Any], lr: float, weight_decay: float, run: RunInfo | None = None, **options
+) -> torch.optim.Optimizer:
+    from vsgd_bayes.torch import VSGD
+
+    # Schedule-Free AdamW's beta (0.9); no warm-up: on digits-vae SF-AdamW's warm-up carried
+    # none of its lead, and VSGD with the same warm-up was further behind the best peer on
+    # digits-contrastive (-7.5 SE against -2.7 SE without; benchmarks/RESULTS.md, the ablation).
+    options.setdefault("schedule_free_momentum", SCHEDULE_FREE_MOMENTUM)
+    return VSGD(params, lr=lr, weight_decay=weight_decay, **options)
+
+
 def _adamw(
     params: Iterable[Any], lr: float, weight_decay: float, run: RunInfo | None = None, **options
 ) -> torch.optim.Optimizer:
@@ -204,7 +216,12 @@ def _schedule_free_adamw(
 
 def _schedule_free_mode(optimizer: torch.optim.Optimizer, training: bool) -> None:
     # train(): the parameters hold y, where gradients are taken; eval(): x, the average.
+    # (schedulefree's optimizers and the VSGD family's with schedule_free_momentum alike.)
     optimizer.train() if training else optimizer.eval()
+
+
+#: beta of the Schedule-Free rows of the VSGD family: Schedule-Free AdamW's default.
+SCHEDULE_FREE_MOMENTUM = 0.9
 
 
 #: IVON's prior precision delta (its ``weight_decay``) when the protocol's is 0: IVON's own
@@ -254,6 +271,17 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     # Factored VSGD takes VSGD's step with shared precisions: VSGD's grid.
     "factored-vsgd": OptimizerSpec(
         "FactoredVSGD", _factored_vsgd, log_grid(1e-3), family="vsgd"
+    ),
+    # VSGD's step, Schedule-Free: gradients at y, evaluated at the average x (issue 23: the
+    # averaged iterate carried most of SF-AdamW's lead on digits-vae). Its own schedule:
+    # a constant rate under every --schedule, as Schedule-Free replaces the schedule.
+    "sf-vsgd": OptimizerSpec(
+        "SF-VSGD",
+        _schedule_free_vsgd,
+        log_grid(1e-3),
+        family="vsgd",
+        set_mode=_schedule_free_mode,
+        schedule="constant",
     ),
     "adamw": OptimizerSpec("AdamW", _adamw, log_grid(1e-4)),
     "sgd": OptimizerSpec("SGD-momentum", _sgd, log_grid(1e-3)),

@@ -1,0 +1,97 @@
+"""Schedule-Free averaging around any optimizer of the family (the skeleton's option
+``schedule_free_momentum``; the formulas in :mod:`vsgd_bayes.hyperparameters.schedule_free`).
+
+The parameters hold y_t in train mode (where gradients are taken) and x_t in eval mode; the
+state ``schedule_free_z`` holds z_t, and x is recovered from y and z (x = (y - (1 - beta) z) /
+beta), so the option costs one tensor per parameter, as Schedule-Free AdamW's. A step of the
+optimizer's own path moves y by Delta_t; :func:`average_` turns that into the three updates
+of the module above. The arithmetic is in the state dtype (at least float32). Each function
+works on the local tensors (DTensor shards) and on complex tensors as real pairs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vsgd_bayes.hyperparameters.schedule_free import averaging_weight
+from vsgd_bayes.torch._common import as_float, as_real, local_tensors, state_dtype
+
+__all__ = ["Z", "is_on", "in_train_mode", "start_", "average_", "to_eval_", "to_train_"]
+
+#: The state key of z_t.
+Z = "schedule_free_z"
+
+
+def is_on(group: dict[str, Any]) -> bool:
+    return group.get("schedule_free_momentum") is not None
+
+
+def in_train_mode(group: dict[str, Any]) -> bool:
+    return group.get("train_mode", True)
+
+
+def _real(tensors: list[Tensor]) -> list[Tensor]:
+    return as_real(local_tensors(tensors))
+
+
+def start_(params: list[Tensor], states: list[dict[str, Any]]) -> list[Tensor]:
+    """Before the path's step: y_t (a copy, in the state dtype) of every parameter, and z_0 =
+    y_0 created for a parameter at its first step."""
+    ys = []
+    for param, state in zip(params, states):
+        y = param.detach().to(dtype=state_dtype(param.dtype), copy=True)
+        if Z not in state:
+            state[Z] = y.clone()
+        ys.append(y)
+    return ys
+
+
+def average_(params: list[Tensor], ys: list[Tensor], states: list[dict[str, Any]],
+             group: dict[str, Any]) -> None:
+    """After the path's step (the parameters hold y_t + Delta_t): z_{t+1} = z_t + Delta_t,
+    x_{t+1} = (1 - c) x_t + c z_{t+1}, and the parameters set to y_{t+1} = beta x_{t+1} +
+    (1 - beta) z_{t+1}; the group's largest rate and sum of weights advance."""
+    beta = float(group["schedule_free_momentum"])
+    lr_max = max(float(group.get("schedule_free_lr_max", 0.0)), as_float(group["lr"]))
+    weight, total = averaging_weight(lr_max, group.get("schedule_free_weight_sum", 0.0))
+    zs = [state[Z] for state in states]
+    for param, y, z in zip(_real(params), _real(ys), _real(zs)):
+        x = (y - (1.0 - beta) * z) / beta  # x_t
+        z.add_(param.to(z.dtype) - y)  # z_{t+1} = z_t + Delta_t
+        x.lerp_(z, weight)  # x_{t+1}
+        param.copy_(x.mul_(beta).add_(z, alpha=1.0 - beta))  # y_{t+1}
+    group["schedule_free_lr_max"] = lr_max
+    group["schedule_free_weight_sum"] = total
+
+
+def _switch_(group: dict[str, Any], state: dict, to_eval: bool) -> None:
+    beta = float(group["schedule_free_momentum"])
+    params = [p for p in group["params"] if Z in state.get(p, {})]
+    zs = [state[p][Z] for p in params]
+    for param, z in zip(_real(params), _real(zs)):
+        value = param.to(z.dtype)
+        if to_eval:  # x = (y - (1 - beta) z) / beta
+            value = (value - (1.0 - beta) * z) / beta
+        else:  # y = beta x + (1 - beta) z
+            value = value.mul(beta).add_(z, alpha=1.0 - beta)
+        param.copy_(value)
+    group["train_mode"] = not to_eval
+
+
+@torch.no_grad()
+def to_eval_(groups: list[dict[str, Any]], state: dict) -> None:
+    """Parameters of the Schedule-Free groups in train mode from y to x (others untouched)."""
+    for group in groups:
+        if is_on(group) and in_train_mode(group):
+            _switch_(group, state, to_eval=True)
+
+
+@torch.no_grad()
+def to_train_(groups: list[dict[str, Any]], state: dict) -> None:
+    """Parameters of the Schedule-Free groups in eval mode from x back to y."""
+    for group in groups:
+        if is_on(group) and not in_train_mode(group):
+            _switch_(group, state, to_eval=False)
