@@ -163,6 +163,9 @@ CITING_FILES = {
     "torch/_factored_foreach.py": {
         "factored-local", "factored-targets", "factored-gauge", "svi-blend", "parameter-step",
     },
+    "torch/_schedule_free.py": {
+        "schedule-free-z", "schedule-free-x", "schedule-free-y", "schedule-free-eval",
+    },
     "torch/_kalman_foreach.py": {
         "kalman-steady-gain",
         "kalman-innovation",

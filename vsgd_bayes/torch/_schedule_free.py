@@ -51,9 +51,10 @@ def start_(params: list[Tensor], states: list[dict[str, Any]]) -> list[Tensor]:
 
 def average_(params: list[Tensor], ys: list[Tensor], states: list[dict[str, Any]],
              group: dict[str, Any]) -> None:
-    """After the path's step (the parameters hold y_t + Delta_t): z_{t+1} = z_t + Delta_t,
-    x_{t+1} = (1 - c) x_t + c z_{t+1}, and the parameters set to y_{t+1} = beta x_{t+1} +
-    (1 - beta) z_{t+1}; the group's largest rate and sum of weights advance."""
+    """After the path's step (the parameters hold y_t + Delta_t): z_{t+1} = z_t + Delta_t
+    [schedule-free-z], x_{t+1} = (1 - c) x_t + c z_{t+1} [schedule-free-x] with x_t from
+    [schedule-free-eval], and the parameters set to y_{t+1} = beta x_{t+1} + (1 - beta) z_{t+1}
+    [schedule-free-y]; the group's largest rate and sum of weights advance."""
     beta = float(group["schedule_free_momentum"])
     lr_max = max(float(group.get("schedule_free_lr_max", 0.0)), as_float(group["lr"]))
     weight, total = averaging_weight(lr_max, group.get("schedule_free_weight_sum", 0.0))
@@ -73,9 +74,9 @@ def _switch_(group: dict[str, Any], state: dict, to_eval: bool) -> None:
     zs = [state[p][Z] for p in params]
     for param, z in zip(_real(params), _real(zs)):
         value = param.to(z.dtype)
-        if to_eval:  # x = (y - (1 - beta) z) / beta
+        if to_eval:  # x = (y - (1 - beta) z) / beta  [schedule-free-eval]
             value = (value - (1.0 - beta) * z) / beta
-        else:  # y = beta x + (1 - beta) z
+        else:  # y = beta x + (1 - beta) z  [schedule-free-y]
             value = value.mul(beta).add_(z, alpha=1.0 - beta)
         param.copy_(value)
     group["train_mode"] = not to_eval
