@@ -25,6 +25,7 @@ PUBLIC_MODULES = [
     "vsgd_bayes.hyperparameters.vsgd",
     "vsgd_bayes.hyperparameters.constant",
     "vsgd_bayes.hyperparameters.kalman",
+    "vsgd_bayes.hyperparameters.schedule_free",
     "vsgd_bayes.rules.vsgd",
     "vsgd_bayes.rules.elbo",
     "vsgd_bayes.rules.constant",

@@ -27,15 +27,19 @@ def _stream(steps, shapes, dtype=jnp.float64, seed=0):
 SHAPES = {"w": (4, 3), "b": (3,)}
 
 
+@pytest.mark.parametrize("step_variance", ["posterior", "predictive"])
 @pytest.mark.parametrize("jit, dtype", [(False, jnp.float64), (True, jnp.float64),
                                         (True, jnp.float32)])
-def test_bitwise_equal_to_rule_step(jit, dtype):
+def test_bitwise_equal_to_rule_step(jit, dtype, step_variance):
     lr = 0.05
     params = {name: jnp.ones(shape, dtype) for name, shape in SHAPES.items()}
-    optimizer = kalman_vsgd(lr, **SETTINGS)
+    optimizer = kalman_vsgd(lr, **SETTINGS, step_variance=step_variance)
     state = optimizer.init(params)
     update = jax.jit(optimizer.update) if jit else optimizer.update
-    rule_step = jax.jit(kalman_rule.step, static_argnames=()) if jit else kalman_rule.step
+    rule_step = (
+        jax.jit(kalman_rule.step, static_argnames=("step_variance",)) if jit
+        else kalman_rule.step
+    )
     expected = dict(params)
     expected_states = {
         name: kalman_rule.init_state(p, SETTINGS["initial_drift_to_noise"])
@@ -48,7 +52,7 @@ def test_bitwise_equal_to_rule_step(jit, dtype):
         for name in SHAPES:
             expected[name], expected_states[name] = rule_step(
                 expected[name], grads[name], expected_states[name], lr=lr, weight_decay=0.0,
-                **RULE_SETTINGS,
+                step_variance=step_variance, **RULE_SETTINGS,
             )
     kalman_state = state[0]
     assert isinstance(kalman_state, ScaleByKalmanVSGDState)

@@ -173,6 +173,7 @@ ROWS["KalmanVSGD"] = OptimizerRow(
         dict(lr=0.05, weight_decay=0.1, schedule_free_momentum=0.9),
         dict(initial_drift_to_noise=1e-3, ratio_step_scale=1.0, max_ratio_change=0.5,
              kappa=1.0, eps=1e-8),
+        dict(step_variance="predictive", weight_decay=0.01, maximize=True),
     ),
     construction_errors=tuple(
         case for case in COMMON_CONSTRUCTION_ERRORS if not set(case[0]) & _NOT_KALMAN
@@ -183,6 +184,8 @@ ROWS["KalmanVSGD"] = OptimizerRow(
         (dict(max_ratio_change=0.0), ValueError, r"Invalid max_ratio_change: 0\.0"),
         (dict(kappa=0.5), ValueError, r"Invalid kappa: 0\.5 \(must be in \(0\.5, 1\]\)"),
         (dict(fused=True), TypeError, r"unexpected keyword argument 'fused'"),
+        (dict(step_variance="adam"), ValueError,
+         r"Invalid step_variance: 'adam' \(must be one of \('posterior', 'predictive'\)\)"),
     ),
     step_errors=tuple(
         case for case in COMMON_STEP_ERRORS if case.key not in _NOT_KALMAN
@@ -191,12 +194,14 @@ ROWS["KalmanVSGD"] = OptimizerRow(
         StepError("max_ratio_change", -1.0, ValueError, r"Invalid max_ratio_change: -1\.0"),
         StepError("initial_drift_to_noise", float("inf"), ValueError,
                   r"Invalid initial_drift_to_noise: inf"),
+        StepError("step_variance", "prior", ValueError, r"Invalid step_variance: 'prior'"),
     ),
     paths=("single_tensor", "foreach"),
     state_keys=("step", "gradient_mean", "innovation_variance", "log_drift_to_noise",
                 "gain_sensitivity"),
     group_options=dict(lr=0.03, initial_drift_to_noise=1e-3, ratio_step_scale=1.0,
-                       max_ratio_change=0.5, kappa=1.0, weight_decay=0.1, eps=1e-8),
+                       max_ratio_change=0.5, kappa=1.0, weight_decay=0.1, eps=1e-8,
+                       step_variance="predictive"),
     prior_scale_in_state=False,
 )
 ROW_IDS = list(ROWS)

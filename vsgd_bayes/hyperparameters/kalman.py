@@ -17,6 +17,7 @@ from vsgd_bayes.hyperparameters.checks import check_hyperparameter, register_req
 __all__ = [
     "DEFAULTS",
     "LOG_RATIO_BOUND",
+    "STEP_VARIANCES",
     "validate_hyperparameters",
     "ratio_step_size",
     "averaging_weight",
@@ -44,7 +45,14 @@ DEFAULTS: dict[str, Any] = {
     "kappa": 0.8,
     "weight_decay": 0.0,
     "eps": 0.0,
+    "step_variance": "posterior",
 }
+
+#: The variance in the step's denominator mu / sqrt(mu^2 + v) [kalman-step-variance]
+#: (derivations/11_kalman_vsgd.md, "Long runs"): ``"posterior"`` v = sigma^2 = S k (1 - k),
+#: the posterior variance of g_t (VSGD's choice, the default); ``"predictive"`` v = S, the
+#: predictive variance of the next mini-batch gradient (the choice of Adam's denominator).
+STEP_VARIANCES = ("posterior", "predictive")
 
 #: The bound on ln lambda, kept within [-LOG_RATIO_BOUND, LOG_RATIO_BOUND] (lambda in
 #: [1e-12, 1e12]), because a noiseless stream drives lambda to infinity (gain 1), and
@@ -62,7 +70,8 @@ register_requirements(
         "ratio_step_scale": (lambda v: v >= 0.0, ">= 0"),
         "max_ratio_change": (lambda v: v > 0.0, "> 0"),
         "kappa": (lambda v: 0.5 < v <= 1.0, "in (0.5, 1]"),
-    }
+    },
+    choices={"step_variance": STEP_VARIANCES},
 )
 
 
@@ -74,11 +83,12 @@ def validate_hyperparameters(
     kappa: Any = DEFAULTS["kappa"],
     weight_decay: Any = DEFAULTS["weight_decay"],
     eps: Any = DEFAULTS["eps"],
+    step_variance: Any = DEFAULTS["step_variance"],
 ) -> None:
     """Raise ``ValueError`` naming the argument and the value if a Kalman VSGD hyperparameter
     is invalid: ``lr``, ``weight_decay``, ``eps``, ``ratio_step_scale`` >= 0,
     ``max_ratio_change`` > 0, ``kappa`` in (0.5, 1], ``initial_drift_to_noise`` in
-    [1e-12, 1e12], all finite real scalars.
+    [1e-12, 1e12], all finite real scalars; ``step_variance`` one of :data:`STEP_VARIANCES`.
 
     Example:
         >>> validate_hyperparameters(initial_drift_to_noise=0.0)
@@ -94,6 +104,7 @@ def validate_hyperparameters(
         kappa=kappa,
         weight_decay=weight_decay,
         eps=eps,
+        step_variance=step_variance,
     )
     for name, value in values.items():
         check_hyperparameter(name, value)

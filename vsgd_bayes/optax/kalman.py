@@ -57,6 +57,7 @@ def scale_by_kalman_vsgd(
     max_ratio_change: float = _DEFAULTS["max_ratio_change"],
     kappa: float = _DEFAULTS["kappa"],
     eps: float = _DEFAULTS["eps"],
+    step_variance: str = _DEFAULTS["step_variance"],
 ) -> optax.GradientTransformation:
     r"""Rescale gradients by the Kalman VSGD posterior over the true gradient.
 
@@ -71,6 +72,8 @@ def scale_by_kalman_vsgd(
         max_ratio_change: largest change of ln lambda in one step (> 0).
         kappa: exponent of the innovation variance's averaging weight t^-kappa, in (0.5, 1].
         eps: added to the direction's denominator (>= 0; 0 keeps it scale-invariant).
+        step_variance: ``"posterior"`` (sigma_t^2, default) or ``"predictive"`` (S_t) in the
+            direction's denominator (:func:`vsgd_bayes.rules.kalman.step_variance_of`).
 
     Returns:
         An :class:`optax.GradientTransformation` with a :class:`ScaleByKalmanVSGDState`.
@@ -89,6 +92,7 @@ def scale_by_kalman_vsgd(
         max_ratio_change=max_ratio_change,
         kappa=kappa,
         eps=eps,
+        step_variance=step_variance,
     )
 
     def init_leaf(param):
@@ -116,6 +120,7 @@ def scale_by_kalman_vsgd(
             ratio_step_scale=ratio_step_scale,
             max_ratio_change=max_ratio_change,
             kappa=kappa,
+            step_variance=step_variance,
         )
         direction = kalman_rule.normalized_direction(
             leaf_state.gradient_mean, gradient_variance, eps
@@ -141,6 +146,7 @@ def kalman_vsgd(
     eps: float = _DEFAULTS["eps"],
     weight_decay: float = _DEFAULTS["weight_decay"],
     mask: Any | Callable[[optax.Params], Any] | None = None,
+    step_variance: str = _DEFAULTS["step_variance"],
 ) -> optax.GradientTransformation:
     r"""Kalman VSGD with decoupled weight decay:
     ``chain(scale_by_kalman_vsgd(...), add_decayed_weights(weight_decay, mask),
@@ -173,6 +179,7 @@ def kalman_vsgd(
             max_ratio_change=max_ratio_change,
             kappa=kappa,
             eps=eps,
+            step_variance=step_variance,
         ),
         optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),

@@ -64,6 +64,7 @@ __all__ = [
     "innovation_variance_update",
     "variances",
     "normalized_direction",
+    "step_variance_of",
     "parameter_step",
     "posterior_update",
     "step",
@@ -163,6 +164,15 @@ def variances(innovation_variance, gain, complement):
     return drift_variance, noise_variance, noise_variance * gain
 
 
+def step_variance_of(innovation_variance, gain, complement, step_variance="posterior"):
+    """The variance in the step's denominator [kalman-step-variance]: sigma^2 = S k (1 - k)
+    (``"posterior"``, the posterior variance of g_t) or S (``"predictive"``, the predictive
+    variance of the next g_hat: P + q + r at the steady state)."""
+    if step_variance == "predictive":
+        return innovation_variance
+    return innovation_variance * complement * gain
+
+
 def normalized_direction(gradient_mean, gradient_variance, eps):
     """clip(mu / max(sqrt(mu^2 + sigma^2) + eps, tiny), -1, 1): VSGD's direction, with 0/0
     read as 0.
@@ -197,6 +207,7 @@ def posterior_update(
     ratio_step_scale=_DEFAULTS["ratio_step_scale"],
     max_ratio_change=_DEFAULTS["max_ratio_change"],
     kappa=_DEFAULTS["kappa"],
+    step_variance=_DEFAULTS["step_variance"],
 ):
     """One step of the filter and of the estimator (no parameters involved).
 
@@ -204,7 +215,8 @@ def posterior_update(
     method evaluates the step's innovation under the estimate before the step).
 
     Returns:
-        (gradient_variance, new_state): sigma_t^2 = S_t k (1 - k) and the new state.
+        (step_variance, new_state): the variance of the step's denominator,
+        :func:`step_variance_of` (sigma_t^2 = S_t k (1 - k) by default), and the new state.
     """
     dtype = state.gradient_mean.dtype
     gradient = gradient.astype(dtype)
@@ -227,7 +239,7 @@ def posterior_update(
     innovation_variance = innovation_variance_update(
         state.innovation_variance, innovation_t, hp.averaging_weight(t, kappa)
     )
-    _, _, gradient_variance = variances(innovation_variance, gain, complement)
+    gradient_variance = step_variance_of(innovation_variance, gain, complement, step_variance)
     new_state = KalmanVSGDState(
         step=step_count,
         gradient_mean=gradient_mean,
@@ -249,6 +261,7 @@ def step(
     kappa=_DEFAULTS["kappa"],
     weight_decay=_DEFAULTS["weight_decay"],
     eps=_DEFAULTS["eps"],
+    step_variance=_DEFAULTS["step_variance"],
 ):
     """One Kalman VSGD step on one array: filter, estimator, then VSGD's parameter step.
 
@@ -264,6 +277,7 @@ def step(
         ratio_step_scale=ratio_step_scale,
         max_ratio_change=max_ratio_change,
         kappa=kappa,
+        step_variance=step_variance,
     )
     dtype = new_state.gradient_mean.dtype
     new_params = parameter_step(

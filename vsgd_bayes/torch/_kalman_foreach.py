@@ -104,7 +104,7 @@ def _clamp_(a, low: float, high: float) -> None:
 
 def _step_batch(batch, scratch: Tensor, *, step_size: float, weight: float, lr: float,
                 max_ratio_change: float, weight_decay: float, eps: float,
-                maximize: bool) -> None:
+                maximize: bool, step_variance: str) -> None:
     """One Kalman VSGD step on one batch of blocks (one state dtype, one step count)."""
     if len(batch) == 1 and batch[0][2].device.type == "cpu":
         params, grads, means, variances, log_ratios, sensitivities = batch[0]
@@ -164,8 +164,11 @@ def _step_batch(batch, scratch: Tensor, *, step_size: float, weight: float, lr: 
     # [kalman-variances], [parameter-step]: sigma^2 = S (1 - k) k = 2 S (1 - k) h, and
     # mu / max(sqrt(mu^2 + sigma^2) + eps, tiny) = mu / max(sqrt(2) (D + eps/sqrt(2)), tiny)
     # with D = sqrt(S (1 - k) h + mu^2 / 2)
-    denominator = _into("mul", variances, work, complement)
-    _inplace("mul", denominator, gain)
+    if step_variance == "predictive":  # [kalman-step-variance]: S in place of sigma^2
+        denominator = _into("mul", variances, work, 0.5)
+    else:
+        denominator = _into("mul", variances, work, complement)
+        _inplace("mul", denominator, gain)
     _inplace("addcmul", denominator, means, means, value=0.5)
     _inplace("sqrt", denominator)
     if eps != 0.0:  # adding exactly 0.0 would change nothing
@@ -205,6 +208,7 @@ def foreach_kalman_vsgd(
     weight_decay: float,
     eps: float,
     maximize: bool,
+    step_variance: str = "posterior",
 ) -> None:
     """One Kalman VSGD step on lists of tensors, in place (the contract of
     :func:`~vsgd_bayes.torch._kalman_single_tensor.single_tensor_kalman_vsgd`)."""
@@ -237,4 +241,5 @@ def foreach_kalman_vsgd(
                 weight_decay=weight_decay,
                 eps=eps,
                 maximize=maximize,
+                step_variance=step_variance,
             )

@@ -93,6 +93,7 @@ def single_tensor_kalman_vsgd(
     weight_decay: float,
     eps: float,
     maximize: bool,
+    step_variance: str = "posterior",
 ) -> None:
     """One Kalman VSGD step on each parameter, one tensor at a time, in place.
 
@@ -120,7 +121,10 @@ def single_tensor_kalman_vsgd(
         mean.add_(gain * innovation)  # [kalman-mean]
         sensitivity.copy_(complement * sensitivity + innovation)  # [kalman-sensitivity]
         variance.add_(weight * (innovation**2 - variance))  # [kalman-innovation-variance]
-        gradient_variance = variance * complement * gain  # [kalman-variances]
+        if step_variance == "predictive":  # [kalman-step-variance]: S
+            gradient_variance = variance
+        else:  # sigma^2 = S (1 - k) k [kalman-variances]
+            gradient_variance = variance * complement * gain
         step_in_state_dtype_(
             param,
             dtype,

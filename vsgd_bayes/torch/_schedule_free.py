@@ -4,7 +4,7 @@
 The parameters hold y_t in train mode (where gradients are taken) and x_t in eval mode; the
 state ``schedule_free_z`` holds z_t, and x is recovered from y and z (x = (y - (1 - beta) z) /
 beta), so the option costs one tensor per parameter, as Schedule-Free AdamW's. A step of the
-optimizer's own path moves y by Delta_t; :func:`average_` turns that into the three updates
+optimizer's own path moves y by Delta_t; ``average_`` turns that into the three updates
 of the module above. The arithmetic is in the state dtype (at least float32). Each function
 works on the local tensors (DTensor shards) and on complex tensors as real pairs.
 """
