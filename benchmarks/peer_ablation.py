@@ -9,6 +9,8 @@ Rows (added to the bench registry in this process only, on SF-AdamW's own grid):
 * ``sf-adamw-no-warmup``: the protocol's constant rate instead of its warm-up;
 * ``adamw-warmup``: AdamW with SF-AdamW's warm-up (does the warm-up alone carry the lead?);
 * ``vsgd-warmup``: VSGD with the same warm-up (does it carry over to VSGD?);
+* ``kalman-vsgd-predictive``: KalmanVSGD with ``step_variance="predictive"`` (issue 19's fix
+  of its long-run blow-up; not an ablation of a peer, but measured by the same protocol);
 * ``adamw``, ``vsgd``: the references.
 
 Usage::
@@ -38,6 +40,11 @@ def _train_mode_only(optimizer: torch.optim.Optimizer, training: bool) -> None:
     optimizer.train()  # steps need train mode; evaluation stays at y
 
 
+def _kalman_predictive(params, lr, weight_decay, run=None, **options):
+    options.setdefault("step_variance", "predictive")
+    return registry.OPTIMIZERS["kalman-vsgd"].build(params, lr, weight_decay, run, **options)
+
+
 def ablation_rows() -> dict[str, registry.OptimizerSpec]:
     sf = registry.OPTIMIZERS["sf-adamw"]
     adamw = registry.OPTIMIZERS["adamw"]
@@ -47,6 +54,9 @@ def ablation_rows() -> dict[str, registry.OptimizerSpec]:
         "adamw-warmup": dataclasses.replace(adamw, label="AdamW + warm-up", schedule="warmup"),
         "vsgd-warmup": dataclasses.replace(registry.OPTIMIZERS["vsgd"], label="VSGD + warm-up",
                                            schedule="warmup"),
+        "kalman-vsgd-predictive": dataclasses.replace(
+            registry.OPTIMIZERS["kalman-vsgd"], label="KalmanVSGD predictive",
+            build=_kalman_predictive),
     }
 
 

@@ -46,3 +46,11 @@ def test_rows_switch_off_one_ingredient_each(ablation):
     assert rows["vsgd-warmup"].schedule == "warmup"
     assert rows["vsgd-warmup"].build is OPTIMIZERS["vsgd"].build
     assert "sf-adamw-at-y" not in OPTIMIZERS  # the registry itself is left alone on import
+
+
+def test_the_kalman_predictive_row_is_kalman_vsgd_with_the_predictive_step(ablation):
+    spec = ablation.ablation_rows()["kalman-vsgd-predictive"]
+    layer = torch.nn.Linear(3, 1)
+    optimizer = spec.build(layer.parameters(), lr=0.1, weight_decay=0.0)
+    assert type(optimizer).__name__ == "KalmanVSGD"
+    assert optimizer.param_groups[0]["step_variance"] == "predictive"
