@@ -132,6 +132,7 @@ CITING_FILES = {
     "torch/csrc/vsgd_cpu.cpp": _FAST | {"svi-blend", "parameter-step"},
     "torch/_triton.py": _FAST | {"svi-blend", "parameter-step"},
     "rules/kalman.py": {
+        "kalman-step-variance",
         "kalman-steady-gain",
         "kalman-innovation",
         "kalman-ratio-step",
@@ -145,6 +146,7 @@ CITING_FILES = {
         "parameter-step",
     },
     "torch/_kalman_single_tensor.py": {
+        "kalman-step-variance",
         "kalman-steady-gain",
         "kalman-innovation",
         "kalman-ratio-step",
@@ -167,6 +169,7 @@ CITING_FILES = {
         "schedule-free-z", "schedule-free-x", "schedule-free-y", "schedule-free-eval",
     },
     "torch/_kalman_foreach.py": {
+        "kalman-step-variance",
         "kalman-steady-gain",
         "kalman-innovation",
         "kalman-ratio-score",

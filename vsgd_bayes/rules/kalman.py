@@ -28,6 +28,8 @@ maximum likelihood (the prediction-error method) from the innovations v_t = g_ha
         - \eta\,\frac{\mu_t}{\max(\sqrt{\mu_t^2 + \sigma_t^2} + \epsilon, \text{tiny})}
         && \text{[parameter-step]}
 
+With ``step_variance="predictive"`` the step's sigma_t^2 is replaced by S_t, the predictive
+variance of the next g_hat [kalman-step-variance] (the fix of the long-run march).
 Everything is per coordinate; s is the sensitivity d mu / d k. No quantity carries an absolute
 variance scale at the start (S_1 = v_1^2), so with eps = 0 multiplying the gradients by any
 c > 0 multiplies mu, s by c and S by c^2 and leaves the parameter step unchanged.
