@@ -16,8 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
-from vsgd_bayes.apps.bench.runner import format_table, merge_results, plot_curves
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from peer_ablation import register_rows  # noqa: E402
+
+from vsgd_bayes.apps.bench.runner import format_table, merge_results, plot_curves  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("parts", nargs="+", help="results.json files of `vsgd-bayes bench`")
     parser.add_argument("--out", required=True, help="directory for the merged results")
     args = parser.parse_args(argv)
+    register_rows()  # parts written by benchmarks/peer_ablation.py name its rows
     reports = []
     for path in args.parts:
         with open(path) as handle:
@@ -40,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_curves(result, os.path.join(args.out, f"{result['task']}_curves.png"))
     report = {
         "commands": [report["command"] for report in reports],
-        "machine": [report["machine"] for report in reports],
+        "machine": [report.get("machine") for report in reports],
         "wall_seconds_per_part": [report["wall_seconds"] for report in reports],
         "table": table,
         "extended": sum(bool(row["extensions"]) for r in merged for row in r["summary"].values()),

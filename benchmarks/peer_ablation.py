@@ -60,6 +60,14 @@ def ablation_rows() -> dict[str, registry.OptimizerSpec]:
     }
 
 
+def register_rows() -> dict[str, registry.OptimizerSpec]:
+    """Add the rows to the bench registry of this process (their labels and families too)."""
+    rows = ablation_rows()
+    registry.OPTIMIZERS.update(rows)
+    registry.LABELS.update({name: spec.label for name, spec in rows.items()})
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("task")
@@ -69,9 +77,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", help="comma-separated subset of the rows (default: all)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    rows = ablation_rows()
-    registry.OPTIMIZERS.update(rows)
-    registry.LABELS.update({name: spec.label for name, spec in rows.items()})
+    rows = register_rows()
     names = ["sf-adamw", *rows, "adamw", "vsgd"]
     if args.rows:
         names = [name for name in args.rows.split(",") if name]
