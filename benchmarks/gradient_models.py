@@ -34,6 +34,7 @@ Usage::
 
     python benchmarks/gradient_models.py --task digits-mlp --optimizer adam --seed 0 \\
         --json benchmarks/gradient_models/digits-mlp_adam_0.json
+    python benchmarks/gradient_models.py --summary benchmarks/gradient_models
 """
 
 from __future__ import annotations
@@ -255,12 +256,17 @@ def score(m, v, target, held_v, held_s, r_hat, noise) -> dict:
         ratio = np.log10(r_hat / noise)
     z = z[np.isfinite(z)]
     ratio = ratio[np.isfinite(ratio)]
-    log_density = -0.5 * (np.log(2 * np.pi * held_s) + held_v**2 / held_s)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        log_density = -0.5 * (np.log(2 * np.pi * held_s) + held_v**2 / held_s)
+    per_coordinate = log_density.mean(axis=0)
     return {
+        # per coordinate, for the comparison in compare(); not written to the JSON
+        "_log_likelihood": per_coordinate, "_r_hat": r_hat,
         "coverage": {f"{level}": float(np.mean(np.abs(z) < norm.ppf(0.5 + level / 2)))
                      for level in LEVELS},
         "robust_scale": float(1.4826 * np.median(np.abs(z))),
-        "heldout_log_likelihood_per_point": float(np.mean(log_density)),
+        "heldout_log_likelihood_per_point": float(np.mean(per_coordinate[np.isfinite(
+            per_coordinate)])),
         "noise_ratio_median": float(10 ** np.median(ratio)),
     }
 
@@ -274,13 +280,25 @@ def label(model: str, pooled: bool) -> str:
 
 
 def compare(stream: dict) -> dict:
+    """Every model on one stream. The held-out log-likelihoods are compared coordinate by
+    coordinate with the random walk's, over the coordinates every model can score: those
+    whose fitted noise variance is not 0 (a gradient constant over the fit half, e.g. a dead
+    unit, has r = 0 and an infinite density penalty for any later change; counted as
+    ``degenerate_coordinates``)."""
     cache: dict = {}
     results = {label(model, pooled): fit_and_score(model, stream, pooled, cache)
                for model, pooled in MODELS}
-    base = results["random-walk per coordinate"]["heldout_log_likelihood_per_point"]
+    floor = 1e-200
+    valid = np.ones(stream["minibatch"].shape[1], dtype=bool)
     for result in results.values():
-        result["heldout_log_likelihood_vs_random_walk"] = (
-            result["heldout_log_likelihood_per_point"] - base)
+        valid &= np.isfinite(result["_log_likelihood"]) & (result["_r_hat"] > floor)
+    base = results["random-walk per coordinate"]["_log_likelihood"][valid]
+    for result in results.values():
+        difference = result.pop("_log_likelihood")[valid] - base
+        result.pop("_r_hat")
+        result["heldout_log_likelihood_vs_random_walk"] = float(np.mean(difference))
+        result["share_of_coordinates_better_than_random_walk"] = float(np.mean(difference > 0))
+        result["degenerate_coordinates"] = int(np.sum(~valid))
     return results
 
 
@@ -343,6 +361,38 @@ def self_check() -> dict:
     return result
 
 
+def summary(directory: str) -> str:
+    """One markdown table over the JSON files of ``directory``: per task, optimizer and model,
+    the mean over seeds (and the range) of the held-out scores."""
+    import glob
+
+    rows: dict[tuple, list[dict]] = {}
+    for path in sorted(glob.glob(os.path.join(directory, "*.json"))):
+        with open(path) as handle:
+            result = json.load(handle)
+        for name, scores in result["models"].items():
+            rows.setdefault((result["task"], result["optimizer"], name), []).append(scores)
+    lines = ["| task | trajectory | model | seeds | coverage 0.5 / 0.8 / 0.9 / 0.95 / 0.99 "
+             "| robust scale [range] | held-out log-lik vs random walk, nats / point [range] "
+             "| coordinates better than the random walk | r / s² |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for (task, optimizer, name), scores in rows.items():
+        mean = lambda f: float(np.mean([f(x) for x in scores]))  # noqa: E731
+        span = lambda f: (min(f(x) for x in scores), max(f(x) for x in scores))  # noqa: E731
+        coverage = " / ".join(f"{mean(lambda x: x['coverage'][str(level)]):.3f}"
+                              for level in LEVELS)
+        scale = span(lambda x: x["robust_scale"])
+        gain = span(lambda x: x["heldout_log_likelihood_vs_random_walk"])
+        lines.append(
+            f"| {task} | {optimizer} | {name} | {len(scores)} | {coverage} | "
+            f"{mean(lambda x: x['robust_scale']):.3f} [{scale[0]:.3f}, {scale[1]:.3f}] | "
+            f"{mean(lambda x: x['heldout_log_likelihood_vs_random_walk']):+.4f} "
+            f"[{gain[0]:+.4f}, {gain[1]:+.4f}] | "
+            f"{mean(lambda x: x['share_of_coordinates_better_than_random_walk']):.2f} | "
+            f"{mean(lambda x: x['noise_ratio_median']):.3g} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="digits-mlp", choices=list(TASKS))
@@ -350,7 +400,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
     parser.add_argument("--self-check", action="store_true", help="only the checks")
+    parser.add_argument("--summary", metavar="DIR", help="print the table of DIR's results")
     args = parser.parse_args(argv)
+    if args.summary:
+        print(summary(args.summary))
+        return 0
     torch.set_num_threads(1)
     started = time.time()
     checks = self_check()
