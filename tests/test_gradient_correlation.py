@@ -4,22 +4,16 @@ Kronecker fit, the energy and rank functions, the checks of the check, a broken 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import pathlib
 
 import numpy as np
 import pytest
-
-SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "gradient_correlation.py"
+from scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def gc():
-    spec = importlib.util.spec_from_file_location("gradient_correlation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/gradient_correlation.py")
 
 
 def _spd(rng, n):

@@ -3,21 +3,14 @@ checks of the check on simulated streams with a known answer."""
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
 import numpy as np
 import pytest
-
-SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "gradient_models.py"
+from scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def gm():
-    spec = importlib.util.spec_from_file_location("gradient_models", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/gradient_models.py")
 
 
 def test_the_checks_of_the_check_pass(gm):

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import pathlib
 
 import numpy as np
 import pytest
+from scripts import load_script
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "scale_map.py"
 STORED = ROOT / "benchmarks" / "scale_map" / "scale_map.json"
 NOTE = ROOT / "derivations" / "10_scale_map.md"
 
 
 @pytest.fixture(scope="module")
 def scale_map():
-    spec = importlib.util.spec_from_file_location("scale_map", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/scale_map.py")
 
 
 def test_warmup_length_finds_half_the_final_level(scale_map):

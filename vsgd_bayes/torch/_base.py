@@ -67,6 +67,15 @@ class VSGDFamilyOptimizer(Optimizer):
     4. a row in ``tests/test_torch_battery.py``, which then runs every generic behaviour
        (paths, state dicts, hooks, dtypes, errors) on it.
 
+    **Schedule-Free averaging** (every optimizer of the family, argument
+    ``schedule_free_momentum``; Defazio et al. 2024; ``derivations/13_schedule_free.md``):
+    beta in (0, 1) turns it on for a param group. Gradients are taken at
+    y = beta x + (1 - beta) z, z takes the optimizer's own step and x is the average of the z
+    iterates (:mod:`vsgd_bayes.hyperparameters.schedule_free`). Call ``eval()`` before
+    evaluating or saving the model (the parameters then hold x) and ``train()`` before the
+    next step (a step in eval mode raises ``RuntimeError`` and changes nothing). It costs one
+    more tensor per parameter (the state ``schedule_free_z``). None (default): off.
+
     (VSGD's own entry point ``vsgd`` lives next to ``run_path`` in ``_functional.py``.)
     """
 

@@ -130,12 +130,9 @@ class ConstantVSGD(VSGDFamilyOptimizer):
         init: ``"reference"`` (a_0 = gamma + 5e-5, default) or ``"paper"`` (a_0 = gamma).
         maximize: maximise instead. Default False.
         foreach: use the ``torch._foreach`` path; None picks it when possible.
-        schedule_free_momentum: beta in (0, 1) turns on Schedule-Free averaging (Defazio et
-            al. 2024; :mod:`vsgd_bayes.hyperparameters.schedule_free`): gradients are taken at
-            y = beta x + (1 - beta) z, z takes this optimizer's step, x is the average of z.
-            Call ``eval()`` before evaluating or saving the model (the parameters then hold x)
-            and ``train()`` before the next step. Costs one more tensor per parameter
-            (``schedule_free_z``). None (default): off.
+        schedule_free_momentum: beta in (0, 1): Schedule-Free averaging, with ``eval()`` and
+            ``train()`` (see :class:`~vsgd_bayes.torch._base.VSGDFamilyOptimizer`). Default
+            None: off.
 
     Raises:
         ValueError: an invalid hyperparameter (named, with its value), at construction, at
