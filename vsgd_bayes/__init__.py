@@ -17,6 +17,6 @@ The applications (the ``vsgd-bayes`` command, benchmarks, calibration) live in
 
 from vsgd_bayes.hyperparameters import DEFAULTS, VSGDHyperparameters, validate_hyperparameters
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = ["DEFAULTS", "VSGDHyperparameters", "validate_hyperparameters", "__version__"]

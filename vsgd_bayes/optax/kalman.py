@@ -63,8 +63,9 @@ def scale_by_kalman_vsgd(
 
     Per coordinate: a steady-state Kalman filter of the true gradient at the drift-to-noise
     ratio lambda (gain k(lambda)), recursive maximum likelihood of ln lambda and of the
-    innovation variance S, and the direction mu_t / sqrt(mu_t^2 + sigma_t^2) with
-    sigma_t^2 = S_t k (1 - k) (``derivations/11_kalman_vsgd.md``).
+    innovation variance S, and the direction mu_t / sqrt(mu_t^2 + v_t) with v_t = S_t (the
+    predictive variance of the next gradient, default) or S_t k (1 - k) (the posterior
+    variance, ``step_variance="posterior"``; ``derivations/11_kalman_vsgd.md``).
 
     Args:
         initial_drift_to_noise: lambda_0 = q / r at the start, in [1e-12, 1e12].
@@ -72,7 +73,7 @@ def scale_by_kalman_vsgd(
         max_ratio_change: largest change of ln lambda in one step (> 0).
         kappa: exponent of the innovation variance's averaging weight t^-kappa, in (0.5, 1].
         eps: added to the direction's denominator (>= 0; 0 keeps it scale-invariant).
-        step_variance: ``"posterior"`` (sigma_t^2, default) or ``"predictive"`` (S_t) in the
+        step_variance: ``"predictive"`` (S_t, default) or ``"posterior"`` (sigma_t^2) in the
             direction's denominator (:func:`vsgd_bayes.rules.kalman.step_variance_of`).
 
     Returns:

@@ -28,8 +28,9 @@ maximum likelihood (the prediction-error method) from the innovations v_t = g_ha
         - \eta\,\frac{\mu_t}{\max(\sqrt{\mu_t^2 + \sigma_t^2} + \epsilon, \text{tiny})}
         && \text{[parameter-step]}
 
-With ``step_variance="predictive"`` the step's sigma_t^2 is replaced by S_t, the predictive
-variance of the next g_hat [kalman-step-variance] (the fix of the long-run march).
+By default (``step_variance="predictive"``, since 0.3.0) the step's sigma_t^2 is replaced by
+S_t, the predictive variance of the next g_hat [kalman-step-variance] (the fix of the
+long-run march); ``step_variance="posterior"`` keeps sigma_t^2.
 Everything is per coordinate; s is the sensitivity d mu / d k. No quantity carries an absolute
 variance scale at the start (S_1 = v_1^2), so with eps = 0 multiplying the gradients by any
 c > 0 multiplies mu, s by c and S by c^2 and leaves the parameter step unchanged.
@@ -218,7 +219,8 @@ def posterior_update(
 
     Returns:
         (step_variance, new_state): the variance of the step's denominator,
-        :func:`step_variance_of` (sigma_t^2 = S_t k (1 - k) by default), and the new state.
+        :func:`step_variance_of` (S_t by default, sigma_t^2 = S_t k (1 - k) with
+        ``step_variance="posterior"``), and the new state.
     """
     dtype = state.gradient_mean.dtype
     gradient = gradient.astype(dtype)
