@@ -167,7 +167,8 @@ def variances(innovation_variance, gain, complement):
     return drift_variance, noise_variance, noise_variance * gain
 
 
-def step_variance_of(innovation_variance, gain, complement, step_variance="posterior"):
+def step_variance_of(innovation_variance, gain, complement,
+                     step_variance=_DEFAULTS["step_variance"]):
     """The variance in the step's denominator [kalman-step-variance]: sigma^2 = S k (1 - k)
     (``"posterior"``, the posterior variance of g_t) or S (``"predictive"``, the predictive
     variance of the next g_hat: P + q + r at the steady state)."""

@@ -208,7 +208,7 @@ def foreach_kalman_vsgd(
     weight_decay: float,
     eps: float,
     maximize: bool,
-    step_variance: str = "posterior",
+    step_variance: str = hp.KALMAN_DEFAULTS["step_variance"],
 ) -> None:
     """One Kalman VSGD step on lists of tensors, in place (the contract of
     :func:`~vsgd_bayes.torch._kalman_single_tensor.single_tensor_kalman_vsgd`)."""

@@ -93,7 +93,7 @@ def single_tensor_kalman_vsgd(
     weight_decay: float,
     eps: float,
     maximize: bool,
-    step_variance: str = "posterior",
+    step_variance: str = hp.KALMAN_DEFAULTS["step_variance"],
 ) -> None:
     """One Kalman VSGD step on each parameter, one tensor at a time, in place.
 
