@@ -37,6 +37,16 @@ def _real(tensors: list[Tensor]) -> list[Tensor]:
     return as_real(local_tensors(tensors))
 
 
+def _average_of(y: Tensor, z: Tensor, beta: float) -> Tensor:
+    """x = (y - (1 - beta) z) / beta [schedule-free-eval], a new tensor."""
+    return (y - (1.0 - beta) * z) / beta
+
+
+def _gradient_point_(x: Tensor, z: Tensor, beta: float) -> Tensor:
+    """x <- beta x + (1 - beta) z = y [schedule-free-y], in place; returns x."""
+    return x.mul_(beta).add_(z, alpha=1.0 - beta)
+
+
 def start_(params: list[Tensor], states: list[dict[str, Any]]) -> list[Tensor]:
     """Before the path's step: y_t (a copy, in the state dtype) of every parameter, and z_0 =
     y_0 created for a parameter at its first step."""
@@ -60,10 +70,10 @@ def average_(params: list[Tensor], ys: list[Tensor], states: list[dict[str, Any]
     weight, total = averaging_weight(lr_max, group.get("schedule_free_weight_sum", 0.0))
     zs = [state[Z] for state in states]
     for param, y, z in zip(_real(params), _real(ys), _real(zs)):
-        x = (y - (1.0 - beta) * z) / beta  # x_t
+        x = _average_of(y, z, beta)  # x_t
         z.add_(param.to(z.dtype) - y)  # z_{t+1} = z_t + Delta_t
         x.lerp_(z, weight)  # x_{t+1}
-        param.copy_(x.mul_(beta).add_(z, alpha=1.0 - beta))  # y_{t+1}
+        param.copy_(_gradient_point_(x, z, beta))  # y_{t+1}
     group["schedule_free_lr_max"] = lr_max
     group["schedule_free_weight_sum"] = total
 
@@ -73,12 +83,8 @@ def _switch_(group: dict[str, Any], state: dict, to_eval: bool) -> None:
     params = [p for p in group["params"] if Z in state.get(p, {})]
     zs = [state[p][Z] for p in params]
     for param, z in zip(_real(params), _real(zs)):
-        value = param.to(z.dtype)
-        if to_eval:  # x = (y - (1 - beta) z) / beta  [schedule-free-eval]
-            value = (value - (1.0 - beta) * z) / beta
-        else:  # y = beta x + (1 - beta) z  [schedule-free-y]
-            value = value.mul(beta).add_(z, alpha=1.0 - beta)
-        param.copy_(value)
+        value = param.to(z.dtype, copy=True)
+        param.copy_(_average_of(value, z, beta) if to_eval else _gradient_point_(value, z, beta))
     group["train_mode"] = not to_eval
 
 
