@@ -132,49 +132,37 @@ class OptimizerSpec:
             check_schedule(self.schedule)
 
 
-def _vsgd(
-    params: Iterable[Any], lr: float, weight_decay: float, run: RunInfo | None = None, **options
-) -> torch.optim.Optimizer:
-    # Imported lazily: the baselines must run even where vsgd_bayes.torch is unavailable.
-    from vsgd_bayes.torch import VSGD
+def _family_builder(class_name: str) -> Callable[..., torch.optim.Optimizer]:
+    """The builder of the VSGD-family optimizer ``vsgd_bayes.torch.<class_name>``, with the
+    protocol's ``weight_decay`` (decoupled)."""
 
-    return VSGD(params, lr=lr, weight_decay=weight_decay, **options)
+    def build(
+        params: Iterable[Any], lr: float, weight_decay: float, run: RunInfo | None = None,
+        **options,
+    ) -> torch.optim.Optimizer:
+        # Imported lazily: the baselines must run even where vsgd_bayes.torch is unavailable.
+        import vsgd_bayes.torch as family
 
+        return getattr(family, class_name)(params, lr=lr, weight_decay=weight_decay, **options)
 
-def _constant_vsgd(
-    params: Iterable[Any], lr: float, weight_decay: float, run: RunInfo | None = None, **options
-) -> torch.optim.Optimizer:
-    from vsgd_bayes.torch import ConstantVSGD
-
-    return ConstantVSGD(params, lr=lr, weight_decay=weight_decay, **options)
-
-
-def _kalman_vsgd(
-    params: Iterable[Any], lr: float, weight_decay: float, run: RunInfo | None = None, **options
-) -> torch.optim.Optimizer:
-    from vsgd_bayes.torch import KalmanVSGD
-
-    return KalmanVSGD(params, lr=lr, weight_decay=weight_decay, **options)
+    build.__name__ = f"build_{class_name}"
+    return build
 
 
-def _factored_vsgd(
-    params: Iterable[Any], lr: float, weight_decay: float, run: RunInfo | None = None, **options
-) -> torch.optim.Optimizer:
-    from vsgd_bayes.torch import FactoredVSGD
-
-    return FactoredVSGD(params, lr=lr, weight_decay=weight_decay, **options)
+_vsgd = _family_builder("VSGD")
+_constant_vsgd = _family_builder("ConstantVSGD")
+_kalman_vsgd = _family_builder("KalmanVSGD")
+_factored_vsgd = _family_builder("FactoredVSGD")
 
 
 def _schedule_free_vsgd(
     params: Iterable[Any], lr: float, weight_decay: float, run: RunInfo | None = None, **options
 ) -> torch.optim.Optimizer:
-    from vsgd_bayes.torch import VSGD
-
     # Schedule-Free AdamW's beta (0.9); no warm-up: on digits-vae SF-AdamW's warm-up carried
     # none of its lead, and VSGD with the same warm-up was further behind the best peer on
     # digits-contrastive (-7.5 SE against -2.7 SE without; benchmarks/RESULTS.md, the ablation).
     options.setdefault("schedule_free_momentum", SCHEDULE_FREE_MOMENTUM)
-    return VSGD(params, lr=lr, weight_decay=weight_decay, **options)
+    return _vsgd(params, lr, weight_decay, run, **options)
 
 
 def _adamw(
