@@ -1,22 +1,15 @@
 """benchmarks/optimizer_memory.py: the state layouts it computes the scaling figure from agree
 with the state_dict() measurement, and a wrong layout is caught (check of the check)."""
 
-import importlib.util
-import pathlib
-
 import pytest
+from scripts import load_script
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMALL_SHAPES = {"mixed": [(8, 3, 3, 3), (8,), (5, 4), (), (6, 2, 2)], "square": [(16, 16)] * 2}
 
 
 @pytest.fixture(scope="module")
 def memory():
-    spec = importlib.util.spec_from_file_location(
-        "optimizer_memory", ROOT / "benchmarks" / "optimizer_memory.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/optimizer_memory.py")
 
 
 def test_layouts_agree_with_the_measurement(memory):

@@ -1,22 +1,15 @@
 """benchmarks/pair_against.py: paired differences against any row, signs by the metric's
 direction, and a clear error for a row that is not there."""
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def pair_against():
-    spec = importlib.util.spec_from_file_location(
-        "pair_against", ROOT / "benchmarks" / "pair_against.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/pair_against.py")
 
 
 def _result(higher_is_better, a, b):

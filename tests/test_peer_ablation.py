@@ -1,21 +1,13 @@
 """benchmarks/peer_ablation.py: each ablation row switches off exactly its ingredient."""
 
-import importlib.util
-import pathlib
-
 import pytest
 import torch
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def ablation():
-    spec = importlib.util.spec_from_file_location(
-        "peer_ablation", ROOT / "benchmarks" / "peer_ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/peer_ablation.py")
 
 
 def _evaluated_weights(spec):
