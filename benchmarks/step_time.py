@@ -159,6 +159,10 @@ def make_paths(problem: Problem, device: torch.device) -> dict[str, Callable[[],
     default_optimizer = VSGD(problem.params, lr=LR)
     default_optimizer.step()
     paths["vsgd_default"] = default_optimizer.step
+    # The same with Schedule-Free averaging (its own state; one untimed step creates it).
+    schedule_free = VSGD(problem.params, lr=LR, schedule_free_momentum=0.9)
+    schedule_free.step()
+    paths["vsgd_schedule_free"] = schedule_free.step
     from vsgd_bayes.torch._kalman_foreach import foreach_kalman_vsgd
     from vsgd_bayes.torch._kalman_single_tensor import single_tensor_kalman_vsgd
 

@@ -113,11 +113,11 @@ def sgd_normalised_buffer(optimizer: torch.optim.Optimizer, param: Tensor, step:
     return optimizer.state[param]["momentum_buffer"] * ((1.0 - momentum) / (1.0 - momentum**step))
 
 
-def _vsgd(init: str) -> Callable[[Iterable[Tensor], float], torch.optim.Optimizer]:
+def _vsgd(init: str, **options) -> Callable[[Iterable[Tensor], float], torch.optim.Optimizer]:
     def build(params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer:
         from vsgd_bayes.torch import VSGD
 
-        return VSGD(params, lr=lr, init=init)
+        return VSGD(params, lr=lr, init=init, **options)
 
     return build
 
@@ -163,6 +163,10 @@ CALIBRATED_OPTIMIZERS: tuple[CalibratedOptimizer, ...] = (
     # VSGD's step and prior with shared precisions: VSGD's rates, beside VSGD's posterior.
     CalibratedOptimizer("factored-vsgd", "FactoredVSGD", _factored_vsgd, VSGD_RATES,
                         posterior=gradient_posterior_method),
+    # VSGD with Schedule-Free averaging (bench row sf-vsgd): its posterior is over the gradient
+    # at y, where the gradients are taken and where the harness measures g* (train mode).
+    CalibratedOptimizer("sf-vsgd", "SF-VSGD", _vsgd("reference", schedule_free_momentum=0.9),
+                        VSGD_RATES, posterior=gradient_posterior_method),
     CalibratedOptimizer("adamw", "AdamW", _adamw,
                         {"digits-mlp": 0.003, "digits-cnn": 0.01, "char-lm": 0.01},
                         estimate=adam_first_moment),
