@@ -163,10 +163,6 @@ CALIBRATED_OPTIMIZERS: tuple[CalibratedOptimizer, ...] = (
     # VSGD's step and prior with shared precisions: VSGD's rates, beside VSGD's posterior.
     CalibratedOptimizer("factored-vsgd", "FactoredVSGD", _factored_vsgd, VSGD_RATES,
                         posterior=gradient_posterior_method),
-    # VSGD with Schedule-Free averaging (bench row sf-vsgd): its posterior is over the gradient
-    # at y, where the gradients are taken and where the harness measures g* (train mode).
-    CalibratedOptimizer("sf-vsgd", "SF-VSGD", _vsgd("reference", schedule_free_momentum=0.9),
-                        VSGD_RATES, posterior=gradient_posterior_method),
     CalibratedOptimizer("adamw", "AdamW", _adamw,
                         {"digits-mlp": 0.003, "digits-cnn": 0.01, "char-lm": 0.01},
                         estimate=adam_first_moment),
