@@ -8,6 +8,7 @@ per method, the shared checking helpers in :mod:`~vsgd_bayes.hyperparameters.che
 * :mod:`~vsgd_bayes.hyperparameters.constant`: Constant VSGD.
 * :mod:`~vsgd_bayes.hyperparameters.kalman`: Kalman VSGD.
 * :mod:`~vsgd_bayes.hyperparameters.factored`: Factored VSGD (row x column precisions).
+* :mod:`~vsgd_bayes.hyperparameters.curvature`: Curvature Kalman VSGD (step-following model).
 
 The names below are this package's flat interface (``from vsgd_bayes import hyperparameters as
 hp``; ``hp.DEFAULTS``, ``hp.KALMAN_DEFAULTS``), kept stable; a method's own module names its
@@ -16,7 +17,7 @@ objects without the method's prefix (``hyperparameters.kalman.DEFAULTS``).
 
 from __future__ import annotations
 
-from vsgd_bayes.hyperparameters import constant, factored, kalman, vsgd
+from vsgd_bayes.hyperparameters import constant, curvature, factored, kalman, vsgd
 from vsgd_bayes.hyperparameters.checks import (
     CHOICES,
     REQUIREMENTS,
@@ -27,6 +28,11 @@ from vsgd_bayes.hyperparameters.constant import DEFAULTS as CONSTANT_DEFAULTS
 from vsgd_bayes.hyperparameters.constant import posterior_shape as constant_posterior_shape
 from vsgd_bayes.hyperparameters.constant import (
     validate_hyperparameters as validate_constant_hyperparameters,
+)
+from vsgd_bayes.hyperparameters.curvature import CURVATURE_STEPS
+from vsgd_bayes.hyperparameters.curvature import DEFAULTS as CURVATURE_DEFAULTS
+from vsgd_bayes.hyperparameters.curvature import (
+    validate_hyperparameters as validate_curvature_hyperparameters,
 )
 from vsgd_bayes.hyperparameters.factored import DEFAULTS as FACTORED_DEFAULTS
 from vsgd_bayes.hyperparameters.factored import FACTORIZATIONS
@@ -62,6 +68,7 @@ __all__ = [
     "constant",
     "kalman",
     "factored",
+    "curvature",
     "CHOICES",
     "REQUIREMENTS",
     "check_hyperparameter",
@@ -89,4 +96,7 @@ __all__ = [
     "FACTORED_DEFAULTS",
     "FACTORIZATIONS",
     "validate_factored_hyperparameters",
+    "CURVATURE_DEFAULTS",
+    "CURVATURE_STEPS",
+    "validate_curvature_hyperparameters",
 ]
