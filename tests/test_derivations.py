@@ -168,6 +168,19 @@ CITING_FILES = {
     "torch/_schedule_free.py": {
         "schedule-free-z", "schedule-free-x", "schedule-free-y", "schedule-free-eval",
     },
+    "rules/curvature.py": {
+        "curvature-predict",
+        "curvature-innovation",
+        "curvature-update",
+        "curvature-noise-variance",
+        "curvature-sensitivity",
+        "curvature-ratio-score",
+        "curvature-ratio-step",
+        "curvature-step-variance",
+        "curvature-trust-region",
+        "curvature-likelihood",
+        "parameter-step",
+    },
     "torch/_kalman_foreach.py": {
         "kalman-step-variance",
         "kalman-steady-gain",
