@@ -39,7 +39,7 @@ __all__ = [
 #: (derivations/15_curvature_kalman_vsgd.md, "Identifiability");
 #: ``max_ratio_change``, ``kappa``, ``eps``, ``step_variance`` as Kalman VSGD's;
 #: ``curvature_step`` ``"none"``: VSGD's normalised step at rate lr; ``"trust_region"``: the
-#: rate min(lr, |mu_g| / mu_h) where the curvature's posterior mean mu_h > 0 (the plug-in
+#: rate min(lr, abs(mu_g) / mu_h) where the curvature's posterior mean mu_h > 0 (the plug-in
 #: Newton step mu_g / mu_h, bounded by the trust region lr), lr elsewhere.
 DEFAULTS: dict[str, Any] = {
     "lr": 0.1,
@@ -57,7 +57,7 @@ DEFAULTS: dict[str, Any] = {
 #: How the curvature posterior enters the step (see :data:`DEFAULTS`).
 CURVATURE_STEPS = ("none", "trust_region")
 
-#: The bound on ln lambda_g and ln lambda_h: +-55.3 (lambda in [1e-24, 1e24]). Wider than
+#: The bound +-55.3 on ln lambda_g and ln lambda_h (lambda in [1e-24, 1e24]), wider than
 #: Kalman VSGD's 1e+-12 because lambda_h carries the units 1 / parameter^2 (1e-2 / lr^2 at the
 #: start), and e^55.3 is still far inside float32's range.
 CURVATURE_LOG_RATIO_BOUND = 24.0 * math.log(10.0)

@@ -48,7 +48,7 @@ log-density ln N(v_t; 0, r_t S~_t): r is concentrated out) and its information a
 and the step is VSGD's normalised direction with the predictive variance of the next
 mini-batch gradient, V = r (P_gg + lambda_g + 1) [curvature-step-variance] (the variance
 Kalman VSGD's long-run fix chose; ``step_variance="posterior"``: r P_gg), at the rate lr or,
-with ``curvature_step="trust_region"``, min(lr, |m_g| / m_h) where m_h > 0
+with ``curvature_step="trust_region"``, min(lr, abs(m_g) / m_h) where m_h > 0
 [curvature-trust-region].
 
 Nothing carries an absolute gradient scale: multiplying every g_hat by c > 0 multiplies m_g,
@@ -79,6 +79,8 @@ from vsgd_bayes.rules.vsgd import state_dtype
 
 __all__ = [
     "CurvatureKalmanVSGDState",
+    "RATIOS",
+    "MOMENTS",
     "Moments",
     "init_state",
     "ratios_of",
@@ -130,9 +132,9 @@ class CurvatureKalmanVSGDState(NamedTuple):
         log_drift_to_noise: phi_g = ln lambda_g, lambda_g = q_g / r.
         log_curvature_drift_to_noise: phi_h = ln lambda_h, lambda_h = q_h / r (units of
             1 / parameter^2).
-        ratio_sensitivities: shape (2, 5, *param.shape): d(moment)/d phi_j, rows
+        ratio_sensitivities: shape ``(2, 5) + param.shape``: d(moment)/d phi_j, rows
             :data:`RATIOS`, columns :data:`MOMENTS`.
-        ratio_information: shape (2, *param.shape): R_j, the running Gauss-Newton information
+        ratio_information: shape ``(2,) + param.shape``: R_j, the running Gauss-Newton information
             of phi_j.
         previous_point: the parameters at which the previous mini-batch gradient was taken
             (the start, before the first step), so that Delta_t is what really moved.
@@ -337,7 +339,7 @@ def step_variance_of(noise_variance, gradient_variance, drift_to_noise,
 
 
 def rate_of(gradient_mean, curvature_mean, lr, curvature_step=_DEFAULTS["curvature_step"]):
-    """The step's rate [curvature-trust-region]: lr (``"none"``), or min(lr, |m_g| / m_h) where
+    """The step's rate [curvature-trust-region]: lr (``"none"``), or min(lr, abs(m_g) / m_h) where
     m_h > 0 and lr where m_h <= 0 (``"trust_region"``: the plug-in Newton step's length,
     within a trust region of radius lr)."""
     lr = jnp.asarray(lr, gradient_mean.dtype)
