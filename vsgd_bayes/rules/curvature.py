@@ -243,17 +243,11 @@ def predict_sensitivities(tangents: Moments, displacement, drift_to_noise,
     """Tangents of [curvature-predict] along phi_g (rows 0) and phi_h (rows 1)
     [curvature-sensitivity]: the predict map is linear in the moments, and d lambda_j / d phi_j
     = lambda_j adds to P^-_gg (j = g) or P^-_hh (j = h). Each field has a leading axis of 2."""
-    dg, dh, dp_gg, dp_gh, dp_hh = tangents
+    # The predict map is linear, so its tangent is the same map applied to the tangents, with
+    # the sources d lambda_j / d phi_j in place of the drift ratios.
     source_gg = jnp.stack([drift_to_noise, jnp.zeros_like(drift_to_noise)])
     source_hh = jnp.stack([jnp.zeros_like(curvature_drift_to_noise), curvature_drift_to_noise])
-    return Moments(
-        gradient_mean=dg + dh * displacement,
-        curvature_mean=dh,
-        gradient_variance=dp_gg + 2.0 * displacement * dp_gh + displacement**2 * dp_hh
-        + source_gg,
-        cross_covariance=dp_gh + displacement * dp_hh,
-        curvature_variance=dp_hh + source_hh,
-    )
+    return predict(tangents, displacement, source_gg, source_hh)
 
 
 def update_sensitivities(predicted_tangents: Moments, predicted: Moments, innovation_t,
