@@ -1,9 +1,9 @@
 """Optimizer state memory: measured from ``state_dict()`` tensors, and computed from each
 optimizer's state layout for the scaling figure.
 
-Optimizers: torch's Adam and Adafactor, VSGD, KalmanVSGD and FactoredVSGD (float32
-parameters). Measured: one step creates the state; the bytes of every tensor in
-``optimizer.state_dict()["state"]`` (step counters included) over the parameters' bytes, on
+Optimizers: torch's Adam and Adafactor, VSGD, KalmanVSGD, FactoredVSGD and
+CurvatureKalmanVSGD (float32 parameters). Measured: one step creates the state; the bytes of
+every tensor in ``optimizer.state_dict()["state"]`` (step counters included) over the parameters' bytes, on
 ResNet-18's shapes (11.7M values in 62 tensors) and on 4 x 4096^2 (67M). Computed: the same
 count from the layout of each optimizer's state (:func:`state_values`), checked against the
 measurement on both shape sets (the script exits non-zero on a mismatch), then evaluated for
@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from step_time import resnet18_shapes  # noqa: E402
 
-from vsgd_bayes.torch import VSGD, FactoredVSGD, KalmanVSGD  # noqa: E402
+from vsgd_bayes.torch import VSGD, CurvatureKalmanVSGD, FactoredVSGD, KalmanVSGD  # noqa: E402
 
 OPTIMIZERS = {
     "Adam": lambda params: torch.optim.Adam(params, lr=1e-3),
@@ -39,9 +39,10 @@ OPTIMIZERS = {
     "VSGD": lambda params: VSGD(params, lr=1e-3),
     "KalmanVSGD": lambda params: KalmanVSGD(params, lr=1e-3),
     "FactoredVSGD": lambda params: FactoredVSGD(params, lr=1e-3),
+    "CurvatureKalmanVSGD": lambda params: CurvatureKalmanVSGD(params, lr=1e-3),
 }
 
-#: Each step counter is one 0-dim float32 tensor per parameter in all five optimizers.
+#: Each step counter is one 0-dim float32 tensor per parameter in every optimizer here.
 STEP_VALUES = 1
 
 
@@ -51,7 +52,9 @@ def state_values(name: str, shape: tuple[int, ...]) -> int:
     Adam: exp_avg, exp_avg_sq (2N). VSGD: mu, b_g, b_ghat (3N). KalmanVSGD: mu, S, ln lambda,
     s (4N). FactoredVSGD: mu (N) and row/column rates of both precisions, 2(m + n) for the
     matrix view (m, n) = (shape[0], N / shape[0]) of a tensor of rank >= 2, 2N for a vector
-    (one per coordinate). Adafactor (torch 2.13): for rank >= 2, row_var (shape[:-1]) and
+    (one per coordinate). CurvatureKalmanVSGD: m_g, m_h, P_gg, P_gh, P_hh, r, ln lambda_g,
+    ln lambda_h, the 2 x 5 tangents, the 2 informations and the previous point (21N).
+    Adafactor (torch 2.13): for rank >= 2, row_var (shape[:-1]) and
     col_var (shape[:-2] + shape[-1:]), i.e. factored over the last two dimensions; for a vector
     the full variance (N). Plus the step counter.
     """
@@ -62,6 +65,8 @@ def state_values(name: str, shape: tuple[int, ...]) -> int:
         values = 3 * numel
     elif name == "KalmanVSGD":
         values = 4 * numel
+    elif name == "CurvatureKalmanVSGD":
+        values = 21 * numel
     elif name == "FactoredVSGD":
         if len(shape) >= 2:
             rows = shape[0]

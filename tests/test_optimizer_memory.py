@@ -22,6 +22,8 @@ def test_layouts_agree_with_the_measurement(memory):
     assert square["Adam"]["ratio"] == pytest.approx(2.0, abs=0.01)
     assert square["VSGD"]["ratio"] == pytest.approx(3.0, abs=0.01)
     assert square["FactoredVSGD"]["state_bytes"] == 4 * 2 * (16 * 16 + 2 * 32 + 1)
+    # Curvature Kalman VSGD: 21 values per coordinate and the step (issue 19)
+    assert square["CurvatureKalmanVSGD"]["ratio"] == pytest.approx(21.0, abs=0.01)
 
 
 def test_a_wrong_layout_is_caught(memory, monkeypatch):

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import torch
 
-from vsgd_bayes.torch import VSGD, ConstantVSGD, FactoredVSGD, KalmanVSGD
+from vsgd_bayes.torch import VSGD, ConstantVSGD, CurvatureKalmanVSGD, FactoredVSGD, KalmanVSGD
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,9 @@ class OptimizerRow:
     #: state_keys[2] starts at a prior value ~ gamma = 1e-8 that float16 would flush to zero
     #: (False for a scale-free start, whose state after a zero gradient is exactly 0)
     prior_scale_in_state: bool = True
+    #: the index in state_keys of an entry that is > 0 after a step with a nonzero gradient (a
+    #: rate or variance: the 16-bit test checks it was not flushed to zero)
+    positive_state_index: int = 2
 
 
 COMMON_CONSTRUCTION_ERRORS = (
@@ -203,6 +206,49 @@ ROWS["KalmanVSGD"] = OptimizerRow(
                        max_ratio_change=0.5, kappa=1.0, weight_decay=0.1, eps=1e-8,
                        step_variance="predictive"),
     prior_scale_in_state=False,
+)
+ROWS["CurvatureKalmanVSGD"] = OptimizerRow(
+    cls=CurvatureKalmanVSGD,
+    inputs=(
+        dict(),
+        dict(lr=0.3, weight_decay=0.1, maximize=True),
+        dict(lr=0.05, weight_decay=0.1, schedule_free_momentum=0.9),
+        dict(initial_drift_to_noise=1e-3, initial_curvature_drift_to_noise=1.0,
+             ratio_step_scale=1.0, max_ratio_change=0.5, kappa=1.0, eps=1e-8),
+        dict(step_variance="posterior", curvature_step="trust_region", weight_decay=0.01,
+             maximize=True),
+    ),
+    construction_errors=tuple(
+        case for case in COMMON_CONSTRUCTION_ERRORS if not set(case[0]) & _NOT_KALMAN
+    ) + (
+        (dict(initial_curvature_drift_to_noise=0.0), ValueError,
+         r"Invalid initial_curvature_drift_to_noise: 0\.0 \(must be in \[1e-12, 1e12\]\)"),
+        (dict(initial_drift_to_noise=1e13), ValueError,
+         r"Invalid initial_drift_to_noise: 10000000000000\.0"),
+        (dict(curvature_step="newton"), ValueError,
+         r"Invalid curvature_step: 'newton' \(must be one of \('none', 'trust_region'\)\)"),
+        (dict(step_variance="adam"), ValueError, r"Invalid step_variance: 'adam'"),
+        (dict(fused=True), TypeError, r"unexpected keyword argument 'fused'"),
+    ),
+    step_errors=tuple(
+        case for case in COMMON_STEP_ERRORS if case.key not in _NOT_KALMAN
+    ) + (
+        StepError("kappa", 0.3, ValueError, r"Invalid kappa: 0\.3"),
+        StepError("initial_curvature_drift_to_noise", float("nan"), ValueError,
+                  r"Invalid initial_curvature_drift_to_noise: nan"),
+        StepError("curvature_step", "newton", ValueError, r"Invalid curvature_step: 'newton'"),
+    ),
+    paths=("single_tensor", "foreach"),
+    state_keys=("step", "gradient_mean", "curvature_mean", "gradient_variance",
+                "cross_covariance", "curvature_variance", "noise_variance", "log_drift_to_noise",
+                "log_curvature_drift_to_noise", "ratio_sensitivities", "ratio_information",
+                "previous_point"),
+    group_options=dict(lr=0.03, initial_drift_to_noise=1e-3,
+                       initial_curvature_drift_to_noise=1.0, ratio_step_scale=1.0,
+                       max_ratio_change=0.5, kappa=1.0, weight_decay=0.1, eps=1e-8,
+                       step_variance="posterior", curvature_step="trust_region"),
+    prior_scale_in_state=False,
+    positive_state_index=3,  # gradient_variance P_gg = P^-_gg / S~ > 0 (curvature_mean is signed)
 )
 ROW_IDS = list(ROWS)
 ROW_PATHS = [(name, path) for name, row in ROWS.items() for path in row.paths]
@@ -488,7 +534,8 @@ def test_16_bit_parameters_keep_float32_state_and_round_once(name, path, dtype):
     for key in row.state_keys[1:]:
         assert a.state[low][key].dtype == torch.float32
         assert torch.equal(a.state[low][key], b.state[full][key])  # open loop
-    assert a.state[low][row.state_keys[2]].min() > 0  # gamma = 1e-8 was not flushed to zero
+    # gamma = 1e-8 (or a variance) was not flushed to zero
+    assert a.state[low][row.state_keys[row.positive_state_index]].min() > 0
 
 
 @pytest.mark.parametrize("name", ROW_IDS)

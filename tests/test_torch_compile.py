@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vsgd_bayes.torch import VSGD, ConstantVSGD, FactoredVSGD, KalmanVSGD
+from vsgd_bayes.torch import VSGD, ConstantVSGD, CurvatureKalmanVSGD, FactoredVSGD, KalmanVSGD
 
 #: Inductor generates its own C++ for the elementwise chain and may contract a*b + c into a
 #: fused multiply-add, and under compile the scalars a and rho_t are computed from the step
@@ -25,6 +25,7 @@ PATHS = {
     VSGD: [dict(foreach=False, fused=False), dict(foreach=True), dict(fused=True)],
     ConstantVSGD: [dict(foreach=False), dict(foreach=True)],
     KalmanVSGD: [dict(foreach=False), dict(foreach=True)],
+    CurvatureKalmanVSGD: [dict(foreach=False), dict(foreach=True)],
     FactoredVSGD: [dict(foreach=False), dict(foreach=True)],
 }
 

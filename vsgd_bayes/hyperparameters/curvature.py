@@ -24,6 +24,7 @@ __all__ = [
     "CURVATURE_STEPS",
     "CURVATURE_LOG_RATIO_BOUND",
     "validate_hyperparameters",
+    "initial_log_curvature_drift_to_noise",
 ]
 
 #: Defaults of Curvature Kalman VSGD:
@@ -71,6 +72,19 @@ register_requirements(
     },
     choices={"curvature_step": CURVATURE_STEPS},
 )
+
+
+def initial_log_curvature_drift_to_noise(initial_curvature_drift_to_noise: Any, lr: Any) -> float:
+    """ln lambda_h,0 = ln(``initial_curvature_drift_to_noise`` / lr^2): the curvature's drift in
+    units of the first rate's squared step. A rate of 0 (an optimizer that does not move) has
+    no step scale; the unit 1 is taken then.
+
+    Example:
+        >>> round(initial_log_curvature_drift_to_noise(1e-2, 0.1), 12) == 0.0
+        True
+    """
+    scale = float(lr) if float(lr) > 0.0 else 1.0
+    return math.log(float(initial_curvature_drift_to_noise)) - 2.0 * math.log(scale)
 
 
 def validate_hyperparameters(

@@ -162,10 +162,14 @@ def init_state(
 ) -> CurvatureKalmanVSGDState:
     """State before the first step: g_0 = h_0 = 0 known (P = 0, tangents 0), r_0 = R_0 = 0
     (replaced at step 1, whose averaging weight is 1), phi_g = ln lambda_g,0, phi_h =
-    ln(``initial_curvature_drift_to_noise`` / lr^2), the previous point = ``params``."""
+    ln(``initial_curvature_drift_to_noise`` / lr^2) (lr = 0 counts as 1: see
+    :func:`vsgd_bayes.hyperparameters.curvature.initial_log_curvature_drift_to_noise`), the
+    previous point = ``params``."""
     dtype = state_dtype(params.dtype)
     zeros = jnp.zeros(params.shape, dtype)
-    log_curvature = math.log(initial_curvature_drift_to_noise) - 2.0 * math.log(float(lr))
+    log_curvature = hp.curvature.initial_log_curvature_drift_to_noise(
+        initial_curvature_drift_to_noise, lr
+    )
     return CurvatureKalmanVSGDState(
         step=jnp.zeros([], jnp.int32),
         gradient_mean=zeros,

@@ -1,5 +1,5 @@
-"""PyTorch front end of VSGD: the optimizers ``VSGD``, ``ConstantVSGD``, ``KalmanVSGD`` and
-``FactoredVSGD``.
+"""PyTorch front end of VSGD: the optimizers ``VSGD``, ``ConstantVSGD``, ``KalmanVSGD``,
+``FactoredVSGD`` and ``CurvatureKalmanVSGD``.
 
 This subpackage imports torch but never JAX. The update is the one of :mod:`vsgd_bayes.rules.vsgd`
 (ported line by line in ``_single_tensor.py``, tested for float64 parity with it), with
@@ -17,6 +17,7 @@ Example:
 
 from vsgd_bayes.torch._functional import vsgd
 from vsgd_bayes.torch.constant import ConstantVSGD
+from vsgd_bayes.torch.curvature import CurvatureKalmanVSGD, CurvaturePosterior
 from vsgd_bayes.torch.factored import FactoredVSGD
 from vsgd_bayes.torch.kalman import KalmanVSGD
 from vsgd_bayes.torch.vsgd import VSGD, GradientPosterior, state_dtype
@@ -26,6 +27,8 @@ __all__ = [
     "ConstantVSGD",
     "KalmanVSGD",
     "FactoredVSGD",
+    "CurvatureKalmanVSGD",
+    "CurvaturePosterior",
     "GradientPosterior",
     "state_dtype",
     "vsgd",
