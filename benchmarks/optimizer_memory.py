@@ -1,10 +1,10 @@
 """Optimizer state memory: measured from ``state_dict()`` tensors, and computed from each
 optimizer's state layout for the scaling figure.
 
-Optimizers: torch's Adam and Adafactor, VSGD, KalmanVSGD, FactoredVSGD and
-CurvatureKalmanVSGD (float32 parameters). Measured: one step creates the state; the bytes of
-every tensor in ``optimizer.state_dict()["state"]`` (step counters included) over the
-parameters' bytes, on ResNet-18's shapes (11.7M values in 62 tensors) and on 4 x 4096^2 (67M). Computed: the same
+Optimizers: torch's Adam and Adafactor, VSGD, KalmanVSGD, FactoredVSGD and CurvatureKalmanVSGD
+(float32 parameters). Measured: one step creates the state; the bytes of every tensor in
+``optimizer.state_dict()["state"]`` (step counters included) over the parameters' bytes, on
+ResNet-18's shapes (11.7M values in 62 tensors) and on 4 x 4096^2 (67M). Computed: the same
 count from the layout of each optimizer's state (:func:`state_values`), checked against the
 measurement on both shape sets (the script exits non-zero on a mismatch), then evaluated for
 square 4-matrix models of 10^5 to 10^8 parameters.
