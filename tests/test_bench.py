@@ -88,6 +88,8 @@ def test_make_optimizer_builds_every_name_and_rejects_others():
         "ConstantVSGD",
         "KalmanVSGD",
         "FactoredVSGD",
+        "CurvatureKalmanVSGD",
+        "CurvatureKalmanVSGD",  # curvature-kalman-vsgd-tr: the trust-region step
         "VSGD",  # sf-vsgd: VSGD with schedule_free_momentum
         "AdamW",
         "SGD",
@@ -95,6 +97,8 @@ def test_make_optimizer_builds_every_name_and_rejects_others():
         "AdamWScheduleFree",
         "IVON",
     ]
+    trust_region = make_optimizer("curvature-kalman-vsgd-tr", layer.parameters(), lr=1e-3)
+    assert trust_region.param_groups[0]["curvature_step"] == "trust_region"
     sf_vsgd = make_optimizer("sf-vsgd", layer.parameters(), lr=1e-3)
     assert sf_vsgd.param_groups[0]["schedule_free_momentum"] == 0.9
     # IVON's effective sample size is the training-set size: it refuses to guess one.

@@ -291,6 +291,8 @@ def test_every_row_declares_its_family():
         "constant-vsgd",
         "kalman-vsgd",
         "factored-vsgd",
+        "curvature-kalman-vsgd",
+        "curvature-kalman-vsgd-tr",
         "sf-vsgd",
     }
     # Adafactor's relative step puts its grid 30x (about 1.5 decades) above AdamW's.

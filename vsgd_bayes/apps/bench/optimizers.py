@@ -153,6 +153,16 @@ _vsgd = _family_builder("VSGD")
 _constant_vsgd = _family_builder("ConstantVSGD")
 _kalman_vsgd = _family_builder("KalmanVSGD")
 _factored_vsgd = _family_builder("FactoredVSGD")
+_curvature_kalman_vsgd = _family_builder("CurvatureKalmanVSGD")
+
+
+def _curvature_trust_region(
+    params: Iterable[Any], lr: float, weight_decay: float, run: RunInfo | None = None, **options
+) -> torch.optim.Optimizer:
+    # The step that uses the curvature posterior (issue 19 part 5): the rate
+    # min(lr, |m_g| / m_h) where m_h > 0.
+    options.setdefault("curvature_step", "trust_region")
+    return _curvature_kalman_vsgd(params, lr, weight_decay, run, **options)
 
 
 def _schedule_free_vsgd(
@@ -259,6 +269,15 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     # Factored VSGD takes VSGD's step with shared precisions: VSGD's grid.
     "factored-vsgd": OptimizerSpec(
         "FactoredVSGD", _factored_vsgd, log_grid(1e-3), family="vsgd"
+    ),
+    # Curvature Kalman VSGD (issue 19) takes VSGD's step (|step| <= lr) with the
+    # step-following model's posterior: VSGD's grid; "-tr" rates it by the curvature posterior
+    # within a trust region of radius lr (so its rates are at most lr): the same grid.
+    "curvature-kalman-vsgd": OptimizerSpec(
+        "CurvatureKalmanVSGD", _curvature_kalman_vsgd, log_grid(1e-3), family="vsgd"
+    ),
+    "curvature-kalman-vsgd-tr": OptimizerSpec(
+        "CurvatureKalmanVSGD-TR", _curvature_trust_region, log_grid(1e-3), family="vsgd"
     ),
     # VSGD's step, Schedule-Free: gradients at y, evaluated at the average x (issue 23: the
     # averaged iterate carried most of SF-AdamW's lead on digits-vae). Its own schedule:
@@ -395,6 +414,10 @@ class TrainingOptimizer:
             run=RunInfo(train_size=train_size, total_steps=total_steps),
         )
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        for group in self.optimizer.param_groups:
+            # torch.optim.lr_scheduler's record of the base rate, which the schedule here
+            # scales: Curvature Kalman VSGD starts its curvature ratio in units of it
+            group.setdefault("initial_lr", group["lr"])
         #: How many times the gradient context was entered (one per step; tested).
         self.gradient_contexts = 0
 
