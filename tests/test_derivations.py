@@ -181,6 +181,10 @@ CITING_FILES = {
         "curvature-likelihood",
         "parameter-step",
     },
+    "models/curvature.py": {"curvature-model"},
+    "validation/curvature.py": {
+        "curvature-likelihood", "curvature-sensitivity", "curvature-ratio-score",
+    },
     "torch/_kalman_foreach.py": {
         "kalman-step-variance",
         "kalman-steady-gain",

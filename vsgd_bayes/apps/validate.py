@@ -1,6 +1,6 @@
 """``vsgd-bayes validate``: run the checks of every method in
-:data:`vsgd_bayes.validation.METHODS` (VSGD, Kalman VSGD, Factored VSGD) and print one table
-for each.
+:data:`vsgd_bayes.validation.METHODS` (VSGD, Kalman VSGD, Factored VSGD, Curvature Kalman
+VSGD) and print one table for each.
 
 Usage::
 

@@ -7,4 +7,6 @@
   VSGD with the ratio of the precisions fixed), so they have no model of their own.
 * :mod:`~vsgd_bayes.models.factored`: Factored VSGD's one-step model, VSGD's with each
   precision a row factor times a column factor of the parameter's matrix view, and its guide.
+* :mod:`~vsgd_bayes.models.curvature`: Curvature Kalman VSGD's model (the true gradient follows
+  the parameter step through a drifting curvature, observed with noise) and its simulator.
 """

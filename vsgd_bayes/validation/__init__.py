@@ -8,6 +8,9 @@ One harness (:mod:`~vsgd_bayes.validation.harness`) and one module of checks per
   estimates against a dense Gaussian posterior, ``jax.jvp`` and offline maximum likelihood.
 * :mod:`~vsgd_bayes.validation.factored`: Factored VSGD's row x column updates against its
   one-step ELBO and NumPyro (stationarity, natural gradient, ascent, gauge, SVI, VSGD limit).
+* :mod:`~vsgd_bayes.validation.curvature`: Curvature Kalman VSGD's 2 x 2 filter, tangents and
+  online estimates against a dense Gaussian posterior, ``jax.jvp``, offline maximum likelihood
+  and streams simulated from its NumPyro model.
 
 Every check has a deliberately broken twin in the tests that it must report as failed.
 :data:`METHODS` is the registry that ``vsgd-bayes validate`` runs: a new method adds its
@@ -21,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
-from vsgd_bayes.validation import factored, kalman, vsgd
+from vsgd_bayes.validation import curvature, factored, kalman, vsgd
 from vsgd_bayes.validation.harness import CheckResult, checked_run_arguments, format_table
 from vsgd_bayes.validation.vsgd import CHECKS, TOLERANCES, Updates, draw_cases, run_checks
 
@@ -36,6 +39,7 @@ __all__ = [
     "Updates",
     "draw_cases",
     "run_checks",
+    "curvature",
     "factored",
     "kalman",
     "vsgd",
@@ -64,5 +68,11 @@ METHODS: dict[str, ValidatedMethod] = {
         "Factored VSGD: row x column updates against the one-step ELBO and NumPyro",
         factored.run_checks,
         "factored_checks",
+    ),
+    "curvature-kalman-vsgd": ValidatedMethod(
+        "Curvature Kalman VSGD: 2 x 2 filter, tangents and online estimates against exact "
+        "references",
+        curvature.run_checks,
+        "curvature_checks",
     ),
 }
