@@ -21,6 +21,7 @@ from vsgd_bayes.apps.calibrate.optimizers import (
     CALIBRATED_OPTIMIZERS,
     adam_first_moment,
     constant_vsgd_posterior,
+    curvature_posterior,
     gradient_posterior_method,
     optimizer_row,
     sgd_normalised_buffer,
@@ -179,6 +180,33 @@ def test_kalman_vsgd_posterior_is_the_filters_posterior_and_prediction():
     optimizer.step()
     expected = posterior.momentum * posterior.mean + (1 - posterior.momentum) * weight.grad
     torch.testing.assert_close(state["gradient_mean"], expected, rtol=1e-12, atol=0.0)
+
+
+def test_curvature_posterior_is_the_filters_own_prediction_at_the_current_point():
+    weight = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
+    optimizer = optimizer_row("curvature-kalman-vsgd").build([weight], 1e-2)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(8):
+        weight.grad = 0.3 * weight.detach() + 0.1 * torch.randn(4, dtype=torch.float64,
+                                                                generator=generator)
+        optimizer.step()
+    numpy = metrics.Posterior(*(t.numpy() for t in curvature_posterior(optimizer, weight)))
+    noise_variance = optimizer.state[weight]["noise_variance"].clone()
+    unmoved = optimizer.gradient_posterior(weight).mean.numpy().copy()
+    # The next step's filter predicts g at the current point with m^- and r P^-_gg
+    # (eq:curvature-predict); read them back from its update: P_gg = K_g = P^-_gg / (P^-_gg + 1)
+    # and m_g = m^- + K_g (g_hat - m^-).
+    weight.grad = torch.tensor([0.5, -0.2, 0.0, 1.0], dtype=torch.float64)
+    optimizer.step()
+    state = optimizer.state[weight]
+    gain = state["gradient_variance"]
+    predicted_mean = (state["gradient_mean"] - gain * weight.grad) / (1.0 - gain)
+    np.testing.assert_allclose(numpy.mean, predicted_mean.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(metrics.predictive_variance(numpy),
+                               (noise_variance * gain / (1.0 - gain)).numpy(), rtol=1e-10)
+    # Check of the check: the posterior mean at the previous point (not moved along the
+    # curvature) is not that prediction.
+    assert not np.allclose(unmoved, predicted_mean.numpy(), rtol=1e-3)
 
 
 def test_every_row_declares_rates_for_every_task_and_one_metric_source():

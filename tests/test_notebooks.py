@@ -116,10 +116,11 @@ def test_calibration(executed_notebooks):
     assert synthetic["σ / 3"]["verdict"] == "under-covering"
     final = results["mlp_final"]
     assert set(final) == {"vsgd", "vsgd-paper", "constant-vsgd", "kalman-vsgd", "factored-vsgd",
-                          "adamw", "sgd"}
+                          "curvature-kalman-vsgd", "adamw", "sgd"}
     for name in ("vsgd", "vsgd-paper", "constant-vsgd", "kalman-vsgd", "factored-vsgd"):
         assert 0.0 <= final[name]["coverage_0.95"] <= 1.0, name
         assert 0.0 < final[name]["momentum_median"] < 1.0, name
+    assert 0.0 <= final["curvature-kalman-vsgd"]["coverage_0.95"] <= 1.0
     for name in final:
         ratio = final[name]["estimation_ratio"]
         assert math.isfinite(ratio) and ratio > 0, name

@@ -25,6 +25,18 @@ gives q = S k^2, r = S(1 - k) and momentum 1 - k, so the metric's sigma_t^2 = (1
 predictive variance sigma_t^2 + q_t = S k is the filter's predicted variance P^- of the next
 true gradient. (k is the gain at the current lambda, the one the next step uses; mu_t was formed
 with the previous lambda's gain, at most ``max_ratio_change`` away in ln lambda.)
+
+Curvature Kalman VSGD's posterior is over (g_t, h_t) at the point where its latest mini-batch
+gradient was taken, the previous point theta_(t-1); g* is taken at theta_t. Its prediction of
+g* is therefore the step-following one (derived here, 15, eq:curvature-predict at the
+displacement Delta = theta_t - theta_(t-1) the optimizer has just made): mean m_g + m_h Delta
+and variance r (P_gg + 2 Delta P_gh + Delta^2 P_hh) + q_g. :func:`curvature_posterior` hands
+the metric exactly that: mean m_g + m_h Delta, drift q_g, noise r and the momentum
+1 - (P_gg + 2 Delta P_gh + Delta^2 P_hh), so that the metric's sigma^2 = (1 - beta) r is the
+variance of g at theta_t before its drift and sigma^2 + q the predictive variance. (The
+"momentum" of this row is not a weight of an average and may fall below 0 where the curvature
+is poorly known; the drift metric compares q_g, the drift left after the curvature's share,
+with the total change of g*, which the curvature's share inflates.)
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ __all__ = [
     "CALIBRATED_OPTIMIZERS",
     "gradient_posterior_method",
     "constant_vsgd_posterior",
+    "curvature_posterior",
     "adam_first_moment",
     "sgd_normalised_buffer",
     "optimizer_row",
@@ -96,6 +109,26 @@ def constant_vsgd_posterior(optimizer: torch.optim.Optimizer, param: Tensor) -> 
     )
 
 
+def curvature_posterior(optimizer: torch.optim.Optimizer, param: Tensor) -> Any:
+    """Curvature Kalman VSGD's prediction of the true gradient at ``param``'s current value
+    (module docstring), as the metric's four fields."""
+    from vsgd_bayes.torch import GradientPosterior
+
+    posterior = optimizer.gradient_posterior(param)
+    displacement = param.detach().to(posterior.mean.dtype) - optimizer.state[param][
+        "previous_point"
+    ]
+    # Var(g at theta_t | g_hat_(1:t)) before the drift, in the gradient's units.
+    moved_variance = (posterior.variance + 2.0 * displacement * posterior.cross_covariance
+                      + displacement * displacement * posterior.curvature_variance)
+    return GradientPosterior(
+        mean=posterior.mean + posterior.curvature_mean * displacement,
+        drift_variance=posterior.drift_variance,
+        noise_variance=posterior.noise_variance,
+        momentum=1.0 - moved_variance / posterior.noise_variance,
+    )
+
+
 def adam_first_moment(optimizer: torch.optim.Optimizer, param: Tensor, step: int) -> Tensor:
     """Adam(W)'s bias-corrected first moment m_t / (1 - beta_1^t)."""
     group = next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
@@ -134,6 +167,12 @@ def _kalman_vsgd(params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer:
     return KalmanVSGD(params, lr=lr)
 
 
+def _curvature_kalman_vsgd(params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer:
+    from vsgd_bayes.torch import CurvatureKalmanVSGD
+
+    return CurvatureKalmanVSGD(params, lr=lr)
+
+
 def _factored_vsgd(params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer:
     from vsgd_bayes.torch import FactoredVSGD
 
@@ -163,6 +202,9 @@ CALIBRATED_OPTIMIZERS: tuple[CalibratedOptimizer, ...] = (
     # VSGD's step and prior with shared precisions: VSGD's rates, beside VSGD's posterior.
     CalibratedOptimizer("factored-vsgd", "FactoredVSGD", _factored_vsgd, VSGD_RATES,
                         posterior=gradient_posterior_method),
+    # The step-following model (issue 19): VSGD's step and rates, a different gradient model.
+    CalibratedOptimizer("curvature-kalman-vsgd", "CurvatureKalmanVSGD", _curvature_kalman_vsgd,
+                        VSGD_RATES, posterior=curvature_posterior),
     CalibratedOptimizer("adamw", "AdamW", _adamw,
                         {"digits-mlp": 0.003, "digits-cnn": 0.01, "char-lm": 0.01},
                         estimate=adam_first_moment),
