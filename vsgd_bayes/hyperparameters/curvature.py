@@ -69,6 +69,9 @@ register_requirements(
             lambda v: 1e-12 <= v <= 1e12,
             "in [1e-12, 1e12]",
         ),
+        # the base rate that sets the unit of lambda_h,0 where the rate is a schedule (optax's
+        # argument; torch reads a scheduler's ``initial_lr``): a rate, so lr's requirement
+        "initial_learning_rate": (lambda v: v >= 0.0, ">= 0"),
     },
     choices={"curvature_step": CURVATURE_STEPS},
 )

@@ -7,6 +7,9 @@ One module per method, the shared per-leaf plumbing in ``_common``:
   composes :func:`optax.scale_by_adam`).
 * :mod:`vsgd_bayes.optax.kalman`: :func:`scale_by_kalman_vsgd` and :func:`kalman_vsgd`.
 * :mod:`vsgd_bayes.optax.factored`: :func:`scale_by_factored_vsgd` and :func:`factored_vsgd`.
+* :mod:`vsgd_bayes.optax.curvature`: :func:`scale_by_curvature_kalman_vsgd` and
+  :func:`curvature_kalman_vsgd` (whose ``update`` needs ``params``: the model's input is the
+  displacement of the point at which each gradient was taken).
 
 Example:
     >>> import jax.numpy as jnp, optax
@@ -21,6 +24,11 @@ Example:
 
 from __future__ import annotations
 
+from vsgd_bayes.optax.curvature import (
+    ScaleByCurvatureKalmanVSGDState,
+    curvature_kalman_vsgd,
+    scale_by_curvature_kalman_vsgd,
+)
 from vsgd_bayes.optax.factored import (
     ScaleByFactoredVSGDState,
     factored_vsgd,
@@ -39,4 +47,7 @@ __all__ = [
     "ScaleByFactoredVSGDState",
     "scale_by_factored_vsgd",
     "factored_vsgd",
+    "ScaleByCurvatureKalmanVSGDState",
+    "scale_by_curvature_kalman_vsgd",
+    "curvature_kalman_vsgd",
 ]

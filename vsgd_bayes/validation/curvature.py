@@ -83,7 +83,7 @@ TOLERANCES: dict[str, float] = {
     "identifiability": 1.0,
 }
 
-#: Bounds on |ln(online / offline ML)| per coordinate after 20,000 steps, for (q_g, q_h, r).
+#: Bounds on abs(ln(online / offline ML)) per coordinate after 20,000 steps, for (q_g, q_h, r).
 #: Measured with the defaults on seeds 0-4 (8 coordinates each): at most 0.34, 0.13 and 0.040
 #: (q_g is the least determined: its drift is a 1% share of the noise); the bounds are about
 #: 1.5x those. The medians over coordinates are closer: offline / truth 0.94-1.08, online /
