@@ -4,7 +4,7 @@ Paths: VSGD single-tensor / foreach / fused (the functional paths the optimizer 
 to, on shared parameters and state), ``VSGD(params)`` with its default flags (the optimizer
 as a user constructs it, with its own state; the path it picked is printed), Kalman VSGD
 single-tensor / foreach (its own state), Factored VSGD single-tensor / foreach (its own
-state), ``torch.optim.Adam`` (foreach=True and fused=True), ``torch.optim.Adafactor``
+state), Curvature Kalman VSGD single-tensor / foreach (its own state), ``torch.optim.Adam`` (foreach=True and fused=True), ``torch.optim.Adafactor``
 (foreach=True) and, when installed, ``pytorch_optimizer.VSGD`` (third party). Rounds are
 interleaved in one process (round r runs every path once), so a change in the machine's load
 hits all paths
@@ -176,6 +176,14 @@ def make_paths(problem: Problem, device: torch.device) -> dict[str, Callable[[],
         factored = FactoredVSGD(problem.params, lr=LR, foreach=foreach)
         factored.step()
         paths[name] = factored.step
+    # Curvature Kalman VSGD (its own state, one untimed step creates it): the 2 x 2 filter, its
+    # tangents and the previous point, 21 values per coordinate.
+    from vsgd_bayes.torch import CurvatureKalmanVSGD
+
+    for name, foreach in (("curvature_single_tensor", False), ("curvature_foreach", True)):
+        curvature = CurvatureKalmanVSGD(problem.params, lr=LR, foreach=foreach)
+        curvature.step()
+        paths[name] = curvature.step
     adafactor = torch.optim.Adafactor(problem.params, lr=LR, foreach=True)
     adafactor.step()
     paths["adafactor_foreach"] = adafactor.step
