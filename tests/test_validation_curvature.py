@@ -104,7 +104,7 @@ def _never_learning_the_ratios(gradient, point, state, **kwargs):
                                            **{**kwargs, "ratio_step_scale": 0.0})
 
 
-@pytest.mark.parametrize("check", ["online_ml", "identifiability"])
+@pytest.mark.parametrize("check", ["online_ml", "identifiability", "oracle_rmse"])
 @pytest.mark.parametrize("broken", [_climbing_the_prediction_error, _never_learning_the_ratios])
 def test_a_broken_estimator_fails_the_online_checks(check, broken):
     (result,) = validation.run_checks(

@@ -1,7 +1,7 @@
 r"""Checks of Curvature Kalman VSGD's inference (``vsgd-bayes validate`` runs them after Kalman
 VSGD's).
 
-Four claims of ``derivations/15_curvature_kalman_vsgd.md`` are checked numerically, in float64,
+Five claims of ``derivations/15_curvature_kalman_vsgd.md`` are checked numerically, in float64,
 on the model of :mod:`vsgd_bayes.models.curvature`:
 
 1. ``exact_posterior``: :func:`vsgd_bayes.rules.curvature.exact_filter` (any start (g_0, h_0) ~
@@ -25,6 +25,9 @@ on the model of :mod:`vsgd_bayes.models.curvature`:
    Known failure, not checked here (derivation 15, "Identifiability"): from (1e2, 1e2) r
    comes out 0.001-0.01x the truth on most coordinates after 20,000 steps, a slow transient
    (L-BFGS from that start returns to the truth), not a second optimum.
+5. ``oracle_rmse``: on the same kind of stream, the RMSE of the online filter's mean m_g
+   against the simulated g, from both starts, is within 5% of the oracle filter's (the exact
+   filter at the simulated variances): issue 19's target for the whole online inference.
 
 Each check has a hook (:class:`CurvatureUpdates`) through which a test passes a deliberately
 broken function, to show that the check then fails.
@@ -81,6 +84,9 @@ TOLERANCES: dict[str, float] = {
     # ln 1.05, and (b) |ln(median estimate / truth)| against ln 1.2, reported as the largest
     # of (a) / ln 1.05 and (b) / ln 1.2: the check passes when both are within their bounds.
     "identifiability": 1.0,
+    # RMSE(online m_g) / RMSE(oracle m_g) - 1 over the whole stream, the worse of the two
+    # starts: issue 19's target, 5%. Measured with the defaults on seeds 0-4: 0.0027-0.0086.
+    "oracle_rmse": 0.05,
 }
 
 #: Bounds on abs(ln(online / offline ML)) per coordinate after 20,000 steps, for (q_g, q_h, r).
@@ -91,7 +97,7 @@ TOLERANCES: dict[str, float] = {
 ONLINE_ML_BOUNDS = (0.5, 0.2, 0.06)
 
 #: The names of the Curvature Kalman VSGD checks, in the order they run.
-CHECKS = ("exact_posterior", "sensitivities", "online_ml", "identifiability")
+CHECKS = ("exact_posterior", "sensitivities", "online_ml", "identifiability", "oracle_rmse")
 
 _STEPS_EXACT = 20
 _STEPS_SENSITIVITY = 40
@@ -410,8 +416,21 @@ def _simulated_stream(rng: np.random.Generator, steps: int, coordinates: int):
     return truth, displacements, observations
 
 
-def _online_estimates(updates: CurvatureUpdates, displacements, observations, start):
-    """(q_g, q_h, r) of the rule after the stream, from the start (lambda_g,0, lambda_h,0 lr^2)."""
+def _simulated_stream_with_truth(rng: np.random.Generator, steps: int, coordinates: int):
+    """((q_g, q_h, r), g, g_hat), displacements, g_hat: :func:`_simulated_stream` with g."""
+    noise = 10.0 ** rng.uniform(-4, 2)
+    variances = (_DRIFT_TO_NOISE * noise, _CURVATURE_DRIFT_TO_NOISE * noise / _LR**2, noise)
+    displacements = simulated_displacements(rng, steps, coordinates)
+    key = jax.random.PRNGKey(int(rng.integers(2**31)))
+    g, _, observations = curvature_model.simulate_gradient_stream(
+        key, jnp.asarray(displacements), *variances
+    )
+    return (variances, np.asarray(g), np.asarray(observations)), displacements, observations
+
+
+def _online_run(updates: CurvatureUpdates, displacements, observations, start):
+    """The rule over the stream from the start (lambda_g,0, lambda_h,0 lr^2): its last state
+    and its means m_g at every step."""
     points = jnp.asarray(np.cumsum(displacements, axis=0))
     state = curvature_rule.init_state(
         jnp.zeros(observations.shape[1], observations.dtype), lr=_LR,
@@ -420,9 +439,14 @@ def _online_estimates(updates: CurvatureUpdates, displacements, observations, st
 
     def advance(state, inputs):
         _, state = updates.posterior_update(inputs[0], inputs[1], state)
-        return state, None
+        return state, state.gradient_mean
 
-    state, _ = jax.lax.scan(advance, state, (jnp.asarray(observations), points))
+    return jax.lax.scan(advance, state, (jnp.asarray(observations), points))
+
+
+def _online_estimates(updates: CurvatureUpdates, displacements, observations, start):
+    """(q_g, q_h, r) of the rule after the stream, from the start (lambda_g,0, lambda_h,0 lr^2)."""
+    state, _ = _online_run(updates, displacements, observations, start)
     q_g, q_h, r, _, _ = curvature_rule.posterior_variances(state)
     return np.stack([np.asarray(q_g), np.asarray(q_h), np.asarray(r)])
 
@@ -510,6 +534,30 @@ def _check_identifiability(rng: np.random.Generator, updates: CurvatureUpdates, 
     )
 
 
+def _check_oracle_rmse(rng: np.random.Generator, updates: CurvatureUpdates, steps: int):
+    truth, displacements, observations = _simulated_stream_with_truth(rng, steps,
+                                                                      _COORDINATES_ONLINE)
+    true_gradients, observations = truth[1], truth[2]
+    variances = truth[0]
+    oracle, _ = curvature_rule.exact_filter(jnp.asarray(observations),
+                                            jnp.asarray(displacements), *variances)
+    oracle_rmse = float(np.sqrt(np.mean((np.asarray(oracle.gradient_mean) - true_gradients)
+                                        ** 2)))
+    ratios = []
+    for start in _STARTS:
+        _, means = _online_run(updates, displacements, observations, start)
+        rmse = float(np.sqrt(np.mean((np.asarray(means) - true_gradients) ** 2)))
+        ratios.append(rmse / oracle_rmse)
+    worst = max(ratios) - 1.0
+    return CheckResult(
+        "oracle_rmse", _COORDINATES_ONLINE, worst if math.isfinite(worst) else math.nan,
+        TOLERANCES["oracle_rmse"],
+        f"RMSE(online m_g) / RMSE(oracle m_g) - 1 over {steps} steps, worse of the starts "
+        f"{_STARTS}",
+        extra={"rmse_ratio_per_start": ratios, "oracle_rmse": oracle_rmse},
+    )
+
+
 def run_checks(
     seed: int = 0,
     cases: int = 10,
@@ -522,10 +570,10 @@ def run_checks(
 
     Args:
         seed: seeds every random draw (the outcome is deterministic).
-        cases: random problems per check for the first two (the last two run one stream of
+        cases: random problems per check for the first two (the last three run one stream of
             ``online_steps`` steps and 8 coordinates each, whatever ``cases`` is).
-        online_steps: length of the streams of ``online_ml`` and ``identifiability`` (their
-            tolerances were set at the default, 20000).
+        online_steps: length of the streams of ``online_ml``, ``identifiability`` and
+            ``oracle_rmse`` (their tolerances were set at the default, 20000).
         updates: functions under test (default: the rule's); a test hook.
         only: names among :data:`CHECKS`.
     """
@@ -544,6 +592,9 @@ def run_checks(
             ),
             "identifiability": lambda: _check_identifiability(
                 np.random.default_rng([seed, 4]), updates, online_steps
+            ),
+            "oracle_rmse": lambda: _check_oracle_rmse(
+                np.random.default_rng([seed, 5]), updates, online_steps
             ),
         }
         return [runners[name]() for name in CHECKS if name in names]
