@@ -16,9 +16,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
 	$(PY) -m pip install -q -e ".[all,test]"
-	# The fused CPU kernel (once per machine, tens of seconds): VSGD's CPU default once built.
+	# The fused CPU kernels (once per machine, tens of seconds each): VSGD's and
+	# CurvatureKalmanVSGD's CPU defaults once built.
 	# Not fatal: without a compiler the optimizers default to the foreach path.
-	$(PY) -m vsgd_bayes.torch.build || echo "fused CPU kernel not built: VSGD defaults to foreach"
+	$(PY) -m vsgd_bayes.torch.build || echo "a fused CPU kernel was not built: its optimizer defaults to foreach"
 	touch $@
 
 # Only the test suite needs Triton (about 1 GB): `make demo` never downloads it.

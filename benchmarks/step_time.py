@@ -4,7 +4,8 @@ Paths: VSGD single-tensor / foreach / fused (the functional paths the optimizer 
 to, on shared parameters and state), ``VSGD(params)`` with its default flags (the optimizer
 as a user constructs it, with its own state; the path it picked is printed), Kalman VSGD
 single-tensor / foreach (its own state), Factored VSGD single-tensor / foreach (its own
-state), Curvature Kalman VSGD single-tensor / foreach (its own state), ``torch.optim.Adam`` (foreach=True and fused=True), ``torch.optim.Adafactor``
+state), Curvature Kalman VSGD single-tensor / foreach / fused (its own state; fused on CPU
+only), ``torch.optim.Adam`` (foreach=True and fused=True), ``torch.optim.Adafactor``
 (foreach=True) and, when installed, ``pytorch_optimizer.VSGD`` (third party). Rounds are
 interleaved in one process (round r runs every path once), so a change in the machine's load
 hits all paths
@@ -181,9 +182,16 @@ def make_paths(problem: Problem, device: torch.device) -> dict[str, Callable[[],
     from vsgd_bayes.torch import CurvatureKalmanVSGD
 
     for name, foreach in (("curvature_single_tensor", False), ("curvature_foreach", True)):
-        curvature = CurvatureKalmanVSGD(problem.params, lr=LR, foreach=foreach)
+        curvature = CurvatureKalmanVSGD(problem.params, lr=LR, foreach=foreach, fused=False)
         curvature.step()
         paths[name] = curvature.step
+    # its fused kernel (CPU only): one pass per element over the 21 state values
+    from vsgd_bayes.torch._curvature_fused import curvature_fused_is_available
+
+    if curvature_fused_is_available(device):
+        curvature = CurvatureKalmanVSGD(problem.params, lr=LR, fused=True)
+        curvature.step()
+        paths["curvature_fused"] = curvature.step
     adafactor = torch.optim.Adafactor(problem.params, lr=LR, foreach=True)
     adafactor.step()
     paths["adafactor_foreach"] = adafactor.step

@@ -182,6 +182,18 @@ CITING_FILES = {
         "parameter-step",
     },
     "models/curvature.py": {"curvature-model"},
+    "torch/csrc/curvature_cpu.cpp": {
+        "curvature-predict",
+        "curvature-innovation",
+        "curvature-update",
+        "curvature-noise-variance",
+        "curvature-sensitivity",
+        "curvature-ratio-score",
+        "curvature-ratio-step",
+        "curvature-step-variance",
+        "curvature-trust-region",
+        "parameter-step",
+    },
     "validation/curvature.py": {
         "curvature-likelihood", "curvature-sensitivity", "curvature-ratio-score",
     },

@@ -228,7 +228,9 @@ ROWS["CurvatureKalmanVSGD"] = OptimizerRow(
         (dict(curvature_step="newton"), ValueError,
          r"Invalid curvature_step: 'newton' \(must be one of \('none', 'trust_region'\)\)"),
         (dict(step_variance="adam"), ValueError, r"Invalid step_variance: 'adam'"),
-        (dict(fused=True), TypeError, r"unexpected keyword argument 'fused'"),
+        (dict(fused="no"), TypeError, r"Invalid fused: 'no' \(must be a bool or None\)"),
+        (dict(foreach=True, fused=True), ValueError, r"foreach=True and fused=True are "
+         r"mutually exclusive"),
     ),
     step_errors=tuple(
         case for case in COMMON_STEP_ERRORS if case.key not in _NOT_KALMAN
@@ -237,8 +239,9 @@ ROWS["CurvatureKalmanVSGD"] = OptimizerRow(
         StepError("initial_curvature_drift_to_noise", float("nan"), ValueError,
                   r"Invalid initial_curvature_drift_to_noise: nan"),
         StepError("curvature_step", "newton", ValueError, r"Invalid curvature_step: 'newton'"),
+        StepError("fused", "yes", TypeError, r"Invalid fused: 'yes'"),
     ),
-    paths=("single_tensor", "foreach"),
+    paths=("single_tensor", "foreach", "fused"),
     state_keys=("step", "gradient_mean", "curvature_mean", "gradient_variance",
                 "cross_covariance", "curvature_variance", "noise_variance", "log_drift_to_noise",
                 "log_curvature_drift_to_noise", "ratio_sensitivities", "ratio_information",

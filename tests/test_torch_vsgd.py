@@ -348,7 +348,7 @@ def test_fused_is_the_default_on_cuda_when_triton_is_importable(
 def test_run_path_takes_the_fused_path_when_it_is_the_default(monkeypatch, default_fused, expected):
     from vsgd_bayes.torch import _functional, _fused
 
-    monkeypatch.setattr(_functional, "default_fused", lambda params: default_fused)
+    monkeypatch.setattr(_functional, "default_fused", lambda params, module=None: default_fused)
     monkeypatch.setattr(_fused, "fused_is_available", lambda device: True)
     taken = []
     paths = {name: (lambda *a, name=name, **k: taken.append(name))

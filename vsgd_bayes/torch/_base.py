@@ -86,6 +86,9 @@ class VSGDFamilyOptimizer(Optimizer):
     hyperparameters: ClassVar[tuple[str, ...]]
     paths: ClassVar[tuple[str, ...]]
     functional: ClassVar[Callable[..., None]]
+    #: the module of the ``"fused"`` path, asked ``fused_is_available(device)`` before a step
+    #: with ``fused=True`` (VSGD's by default)
+    fused_module_name: ClassVar[str] = "vsgd_bayes.torch._fused"
 
     def __init__(self, params: Iterable[Tensor | dict[str, Any]], defaults: dict) -> None:
         self._validate_group(defaults)
@@ -138,7 +141,8 @@ class VSGDFamilyOptimizer(Optimizer):
                 if group.get("fused"):
                     from vsgd_bayes.torch._functional import fused_module
 
-                    if not fused_module().fused_is_available(param.device):
+                    module = fused_module(type(self).fused_module_name)
+                    if not module.fused_is_available(param.device):
                         raise RuntimeError(
                             f"fused=True: the fused {name} kernel is not available on "
                             f"{param.device} (parameter {param_index} of param group "

@@ -8,7 +8,8 @@ step count (one kernel launch per operation on CUDA instead of one per tensor). 
 of each operation is the single tensor's, so the two paths agree to the last bit in float64
 (tested in ``tests/test_torch_battery.py`` and ``tests/test_torch_curvature.py``). The step
 allocates its intermediate lists (about 60 tensors the size of the parameters, freed at the
-end of each group); no fused kernel exists yet (``benchmarks/step_time.py`` gives the cost).
+end of each group); the fused CPU kernel (``_curvature_fused.py``) needs none
+(``benchmarks/step_time.py`` gives the cost of each).
 """
 
 from __future__ import annotations

@@ -40,11 +40,17 @@ def foreach_module() -> ModuleType:
     return importlib.import_module("vsgd_bayes.torch._foreach")
 
 
-def fused_module() -> ModuleType:
-    return importlib.import_module("vsgd_bayes.torch._fused")
+#: VSGD's fused path; another optimizer names its own (``run_path(fused_module_name=...)``)
+#: with the same interface: ``SUPPORTED_PARAM_DTYPES``, ``cpu_kernel_is_built()`` and
+#: ``fused_is_available(device)``.
+VSGD_FUSED_MODULE = "vsgd_bayes.torch._fused"
 
 
-def default_fused(params: list[Tensor]) -> bool:
+def fused_module(name: str = VSGD_FUSED_MODULE) -> ModuleType:
+    return importlib.import_module(name)
+
+
+def default_fused(params: list[Tensor], module: str = VSGD_FUSED_MODULE) -> bool:
     """Whether ``fused=None`` (with ``foreach=None``) runs the fused path for ``params``.
 
     When every parameter is on one device type, of a dtype the kernel supports, and the
@@ -58,7 +64,7 @@ def default_fused(params: list[Tensor]) -> bool:
     device_types = {p.device.type for p in params}
     if device_types not in ({"cuda"}, {"cpu"}):
         return False
-    fused = fused_module()
+    fused = fused_module(module)
     if any(p.dtype not in fused.SUPPORTED_PARAM_DTYPES for p in params):
         return False
     if device_types == {"cpu"} and not fused.cpu_kernel_is_built():
@@ -73,6 +79,7 @@ def run_path(
     *,
     foreach: bool | None,
     fused: bool | None = None,
+    fused_module_name: str = VSGD_FUSED_MODULE,
     hyperparameters: dict[str, Any],
 ) -> None:
     """Resolve the path from the flags and run it on the tensor lists (params first).
@@ -84,6 +91,8 @@ def run_path(
             tensors and complex tensors as real views.
         steps: the step counters (0-dim float32 CPU tensors), advanced by the path.
         foreach, fused: the flags; None picks the default (module docstring).
+        fused_module_name: the module of the fused path (its availability and dtypes);
+            VSGD's by default.
         hyperparameters: keyword arguments of the path.
 
     Raises:
@@ -102,13 +111,13 @@ def run_path(
         paths["single_tensor"](*tensor_lists, list(steps), **hyperparameters)
         return
     if fused is None and foreach is None and "fused" in paths:
-        fused = default_fused(params)
+        fused = default_fused(params, fused_module_name)
     if foreach is None:
         foreach = not fused and default_foreach(params)
     if fused:
         if "fused" not in paths:
             raise ValueError("fused=True: this optimizer has no fused path")
-        module = fused_module()
+        module = fused_module(fused_module_name)
         for device in {t.device for t in params}:
             if not module.fused_is_available(device):
                 raise RuntimeError(

@@ -6,12 +6,14 @@ Symbols -> arguments: eta = ``lr``, lambda_g,0 = ``initial_drift_to_noise``, lam
 ``max_ratio_change``, kappa = ``kappa``, lambda_wd = ``weight_decay``, epsilon = ``eps``. State
 per parameter: the fields of :class:`vsgd_bayes.rules.curvature.CurvatureKalmanVSGDState`
 (21 numbers per coordinate and the step count). A port of :mod:`vsgd_bayes.rules.curvature`
-(``_curvature_single_tensor.py``) and a foreach path (``_curvature_foreach.py``, the same
-functions on lists), picked by :func:`vsgd_bayes.torch._functional.run_path`.
+(``_curvature_single_tensor.py``), a foreach path (``_curvature_foreach.py``, the same
+functions on lists) and a fused CPU kernel (``_curvature_fused.py``, one pass per element),
+picked by :func:`vsgd_bayes.torch._functional.run_path`.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Iterable
 from typing import Any, NamedTuple
@@ -28,9 +30,18 @@ from vsgd_bayes.torch._functional import run_path
 
 __all__ = ["CurvatureKalmanVSGD", "CurvaturePosterior", "curvature_kalman_vsgd"]
 
+#: the fused path's module, imported at its first use (it builds or loads a C++ extension)
+_FUSED_MODULE = "vsgd_bayes.torch._curvature_fused"
+
+
+def _fused_curvature_kalman_vsgd(*args: Any, **kwargs: Any) -> None:
+    importlib.import_module(_FUSED_MODULE).fused_curvature_kalman_vsgd(*args, **kwargs)
+
+
 _PATHS = {
     "single_tensor": single_tensor_curvature_kalman_vsgd,
     "foreach": foreach_curvature_kalman_vsgd,
+    "fused": _fused_curvature_kalman_vsgd,
 }
 _DEFAULTS = hp.CURVATURE_DEFAULTS
 
@@ -87,6 +98,7 @@ def curvature_kalman_vsgd(
     steps: list[Tensor],
     *,
     foreach: bool | None = None,
+    fused: bool | None = None,
     lr: float | Tensor,
     ratio_step_scale: float,
     max_ratio_change: float,
@@ -100,9 +112,10 @@ def curvature_kalman_vsgd(
     """Functional Curvature Kalman VSGD: one step on every parameter of the lists, in place,
     each gradient taken at its parameter's current value.
 
-    Complex tensors are viewed as real; ``foreach=None`` uses the foreach path when every
-    parameter is a plain tensor or DTensor (see :class:`CurvatureKalmanVSGD` for the
-    arguments).
+    Complex tensors are viewed as real; ``foreach=None, fused=None`` uses the fused path on
+    CPU when its kernel is built, else the foreach path when every parameter is a plain
+    tensor or DTensor (see :class:`CurvatureKalmanVSGD` for the arguments, and
+    :func:`~vsgd_bayes.torch._functional.run_path` for the choice of path and the errors).
     """
     run_path(
         _PATHS,
@@ -112,6 +125,8 @@ def curvature_kalman_vsgd(
          previous_points],
         steps,
         foreach=foreach,
+        fused=fused,
+        fused_module_name=_FUSED_MODULE,
         hyperparameters=dict(
             lr=lr,
             ratio_step_scale=ratio_step_scale,
@@ -205,6 +220,12 @@ class CurvatureKalmanVSGD(VSGDFamilyOptimizer):
             min(eta, abs(m_g) / m_h) where the posterior curvature m_h > 0).
         maximize: maximise instead. Default False.
         foreach: use the ``torch._foreach`` path; None picks it when possible.
+        fused: use the fused C++ kernel (CPU only; float32, float64, bfloat16 and float16
+            parameters). With ``foreach=None, fused=None`` it is picked on CPU when the
+            kernel has been built (``make setup`` or ``python -m vsgd_bayes.torch.build``);
+            a default never compiles, an explicit ``fused=True`` builds it at the first step
+            if needed. ``foreach=True`` with ``fused=True`` is a ValueError. The state is the
+            same on every path (a state dict moves between them).
         schedule_free_momentum: beta in (0, 1): Schedule-Free averaging, with ``eval()`` and
             ``train()`` (see :class:`~vsgd_bayes.torch._base.VSGDFamilyOptimizer`). Default
             None: off.
@@ -212,9 +233,10 @@ class CurvatureKalmanVSGD(VSGDFamilyOptimizer):
     Raises:
         ValueError: an invalid hyperparameter (named, with its value), at construction, at
             ``add_param_group`` and at every step (before anything is modified).
-        TypeError: a non-bool ``maximize``/``foreach``.
+        TypeError: a non-bool ``maximize``/``foreach``/``fused``.
         RuntimeError: at a step in eval mode (with ``schedule_free_momentum``), a sparse
-            gradient (nothing is modified).
+            gradient, or ``fused=True`` on a device without the fused kernel (nothing is
+            modified).
 
     Example:
         >>> import torch
@@ -246,8 +268,9 @@ class CurvatureKalmanVSGD(VSGDFamilyOptimizer):
         "lr", "initial_drift_to_noise", "initial_curvature_drift_to_noise", "ratio_step_scale",
         "max_ratio_change", "kappa", "weight_decay", "eps", "step_variance", "curvature_step",
     )
-    paths = ("single_tensor", "foreach")
+    paths = ("single_tensor", "foreach", "fused")
     functional = staticmethod(_step_group)
+    fused_module_name = _FUSED_MODULE
 
     def __init__(
         self,
@@ -265,6 +288,7 @@ class CurvatureKalmanVSGD(VSGDFamilyOptimizer):
         curvature_step: str = _DEFAULTS["curvature_step"],
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         schedule_free_momentum: float | None = None,
     ) -> None:
         defaults = dict(
@@ -280,6 +304,7 @@ class CurvatureKalmanVSGD(VSGDFamilyOptimizer):
             curvature_step=curvature_step,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
             schedule_free_momentum=schedule_free_momentum,
         )
         super().__init__(params, defaults)
