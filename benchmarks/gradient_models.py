@@ -61,9 +61,9 @@ TREND_PERSISTENCE = (0.9,)  # phi
 COORDINATES = 10_000
 #: Settings per task: (steps, window, lr of each optimizer, overrides of the task).
 TASKS = {
-    "digits-mlp": dict(steps=1200, window=600, lr={"adam": 3e-3, "vsgd": 1e-2}),
-    "digits-cnn": dict(steps=600, window=300, lr={"adam": 3e-3, "vsgd": 1e-2}),
-    "char-lm": dict(steps=500, window=200, lr={"adam": 3e-3, "vsgd": 1e-2},
+    "digits-mlp": dict(steps=1200, window=600, lr={"adam": 3e-3, "vsgd": 1e-2, "curvature": 1e-2}),
+    "digits-cnn": dict(steps=600, window=300, lr={"adam": 3e-3, "vsgd": 1e-2, "curvature": 1e-2}),
+    "char-lm": dict(steps=500, window=200, lr={"adam": 3e-3, "vsgd": 1e-2, "curvature": 1e-2},
                     overrides={"true_gradient_windows": 256}),
 }
 
@@ -100,6 +100,12 @@ def record(task_name: str, optimizer_name: str, seed: int, minibatches: int = 16
     lr = settings["lr"][optimizer_name]
     if optimizer_name == "adam":
         optimizer = torch.optim.Adam(params, lr=lr)
+    elif optimizer_name == "curvature":
+        # The new optimizer's own trajectory (issue 19, part 1): the step-following model in
+        # closed loop, at VSGD's rate.
+        from vsgd_bayes.torch import CurvatureKalmanVSGD
+
+        optimizer = CurvatureKalmanVSGD(params, lr=lr)
     else:
         from vsgd_bayes.torch import VSGD
 
@@ -412,7 +418,7 @@ def summary(directory: str) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="digits-mlp", choices=list(TASKS))
-    parser.add_argument("--optimizer", default="adam", choices=["adam", "vsgd"])
+    parser.add_argument("--optimizer", default="adam", choices=["adam", "vsgd", "curvature"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
     parser.add_argument("--self-check", action="store_true", help="only the checks")
