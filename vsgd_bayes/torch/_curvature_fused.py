@@ -20,8 +20,6 @@ default then is foreach).
 
 from __future__ import annotations
 
-import hashlib
-import os
 import pathlib
 import warnings
 
@@ -30,7 +28,7 @@ from torch import Tensor
 
 from vsgd_bayes import hyperparameters as hp
 from vsgd_bayes.torch._common import as_float, increment_steps
-from vsgd_bayes.torch._fused import _ISA_FLAGS
+from vsgd_bayes.torch._cpu_extension import CSRC, ISA_FLAGS, extension_name, library_path, load
 
 __all__ = [
     "fused_curvature_kalman_vsgd",
@@ -44,7 +42,7 @@ __all__ = [
     "SUPPORTED_PARAM_DTYPES",
 ]
 
-_SOURCE = pathlib.Path(__file__).parent / "csrc" / "curvature_cpu.cpp"
+_SOURCE = CSRC / "curvature_cpu.cpp"
 SUPPORTED_PARAM_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _SUPPORTED_STATE_DTYPES = (torch.float32, torch.float64)
 _DEFAULTS = hp.CURVATURE_DEFAULTS
@@ -56,17 +54,12 @@ _cpu_tried = False
 
 def cpu_extension_name() -> str:
     """``curvature_fused_cpu_<isa>_<first 8 hex digits of the source's SHA-256>``."""
-    isa = torch.backends.cpu.get_cpu_capability()
-    digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:8]
-    return f"curvature_fused_cpu_{isa.lower()}_{digest}"
+    return extension_name("curvature_fused_cpu", _SOURCE)
 
 
 def cpu_kernel_path() -> pathlib.Path:
     """Where torch's extension cache keeps the built kernel (compiles nothing)."""
-    from torch.utils import cpp_extension
-
-    name = cpu_extension_name()
-    return pathlib.Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"
+    return library_path(cpu_extension_name())
 
 
 def cpu_kernel_is_built() -> bool:
@@ -100,34 +93,18 @@ def _load_cpu_module():
     if _cpu_tried:
         return _cpu_module
     _cpu_tried = True
-    try:
-        from torch.utils import cpp_extension
-
-        isa = torch.backends.cpu.get_cpu_capability()
-        # at::vec::Vectorized picks its implementation from CPU_CAPABILITY_<ISA>, as in
-        # torch's own kernels. -ffp-contract=off: no product is fused into an addition, so
-        # the rounding is the rule's operation for operation (float64 parity to 1e-11);
-        # -fno-math-errno lets the scalar tail's sqrt inline; no -ffast-math.
-        capability = [f"-DCPU_CAPABILITY={isa}", f"-DCPU_CAPABILITY_{isa}"] if (
-            isa in _ISA_FLAGS
-        ) else []
-        flags = (["-O3", "-fno-math-errno", "-ffp-contract=off", "-fopenmp"]
-                 + _ISA_FLAGS.get(isa, []) + capability)
-        _cpu_module = cpp_extension.load(
-            name=cpu_extension_name(),
-            sources=[str(_SOURCE)],
-            extra_cflags=flags,
-            extra_ldflags=["-fopenmp"],
-            verbose=bool(os.environ.get("VSGD_FUSED_VERBOSE")),
-        )
-    except Exception as error:  # any build failure: no compiler, no ninja, bad headers
-        _cpu_error = f"{type(error).__name__}: {error}"
-        warnings.warn(
-            "vsgd_bayes: the fused CurvatureKalmanVSGD CPU kernel could not be built, its "
-            f"fused path is unavailable (use foreach): {_cpu_error.splitlines()[0]}",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    isa = torch.backends.cpu.get_cpu_capability()
+    # at::vec::Vectorized picks its implementation from CPU_CAPABILITY_<ISA>, as in torch's own
+    # kernels. -ffp-contract=off: no product is fused into an addition, so the rounding is the
+    # rule's operation for operation (float64 parity to 1e-11); -fno-math-errno lets the
+    # scalar tail's sqrt inline; no -ffast-math.
+    capability = [f"-DCPU_CAPABILITY={isa}", f"-DCPU_CAPABILITY_{isa}"] if (
+        isa in ISA_FLAGS
+    ) else []
+    flags = (["-O3", "-fno-math-errno", "-ffp-contract=off", "-fopenmp"]
+             + ISA_FLAGS.get(isa, []) + capability)
+    _cpu_module, _cpu_error = load(cpu_extension_name(), _SOURCE, flags,
+                                   "fused CurvatureKalmanVSGD CPU kernel")
     return _cpu_module
 
 

@@ -29,9 +29,7 @@ References:
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import os
 import pathlib
 import warnings
 from collections import defaultdict
@@ -40,6 +38,7 @@ import torch
 from torch import Tensor
 
 from vsgd_bayes.torch._common import as_float, increment_steps
+from vsgd_bayes.torch._cpu_extension import CSRC, ISA_FLAGS, extension_name, library_path, load
 from vsgd_bayes.torch._foreach import step_constants
 
 __all__ = [
@@ -51,17 +50,9 @@ __all__ = [
     "build_cpu_kernel",
 ]
 
-_CSRC = pathlib.Path(__file__).parent / "csrc"
+_SOURCE = CSRC / "vsgd_cpu.cpp"
 SUPPORTED_PARAM_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _SUPPORTED_STATE_DTYPES = (torch.float32, torch.float64)
-
-# Compiler flags per instruction set reported by torch (the same levels torch dispatches its
-# own kernels on). The extension's name carries the level, so a cache shared between
-# machines never hands AVX-512 code to an AVX2 processor.
-_ISA_FLAGS = {
-    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c"],
-    "AVX2": ["-mavx2", "-mfma", "-mf16c"],
-}
 
 _cpu_module = None
 _cpu_error: str | None = None
@@ -70,26 +61,14 @@ _cpu_tried = False
 
 def cpu_extension_name() -> str:
     """Name of the cached CPU extension: ``vsgd_fused_cpu_<isa>_<source hash>`` (e.g.
-    ``..._avx2_1a2b3c4d``). The first 8 hex digits of the source's SHA-256 keep builds of
-    different versions of the kernel apart in torch's cache (two checkouts, or an upgrade,
-    load their own build instead of rebuilding over each other's)."""
-    isa = torch.backends.cpu.get_cpu_capability()
-    digest = hashlib.sha256((_CSRC / "vsgd_cpu.cpp").read_bytes()).hexdigest()[:8]
-    return f"vsgd_fused_cpu_{isa.lower()}_{digest}"
+    ``..._avx2_1a2b3c4d``; :func:`vsgd_bayes.torch._cpu_extension.extension_name`)."""
+    return extension_name("vsgd_fused_cpu", _SOURCE)
 
 
 def cpu_kernel_path() -> pathlib.Path:
-    """Where torch's extension cache keeps the built CPU kernel (``<build dir>/<name>.so``).
-
-    The build directory is torch's own (``$TORCH_EXTENSIONS_DIR``, else
-    ``~/.cache/torch_extensions/<python>_<accelerator>/``), as
-    ``torch.utils.cpp_extension.load`` computes it; asking for it creates the (empty)
-    directory, as every load does, and compiles nothing.
-    """
-    from torch.utils import cpp_extension
-
-    name = cpu_extension_name()
-    return pathlib.Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"
+    """Where torch's extension cache keeps the built CPU kernel (``<build dir>/<name>.so``,
+    :func:`vsgd_bayes.torch._cpu_extension.library_path`; compiles nothing)."""
+    return library_path(cpu_extension_name())
 
 
 def cpu_kernel_is_built() -> bool:
@@ -124,33 +103,17 @@ def build_cpu_kernel() -> pathlib.Path:
 
 
 def _load_cpu_module():
-    """Builds (first time) or loads (from torch's extension cache) the CPU kernel."""
+    """Builds (first time) or loads (from torch's extension cache) the CPU kernel, once."""
     global _cpu_module, _cpu_error, _cpu_tried
     if _cpu_tried:
         return _cpu_module
     _cpu_tried = True
-    try:
-        from torch.utils import cpp_extension
-
-        isa = torch.backends.cpu.get_cpu_capability()
-        # -fno-math-errno lets sqrt vectorise; no -ffast-math (it would change the rounding
-        # that the float64 parity tests check to 1e-12).
-        flags = ["-O3", "-fno-math-errno", "-fopenmp"] + _ISA_FLAGS.get(isa, [])
-        _cpu_module = cpp_extension.load(
-            name=cpu_extension_name(),
-            sources=[str(_CSRC / "vsgd_cpu.cpp")],
-            extra_cflags=flags,
-            extra_ldflags=["-fopenmp"],
-            verbose=bool(os.environ.get("VSGD_FUSED_VERBOSE")),
-        )
-    except Exception as error:  # any build failure: no compiler, no ninja, bad headers
-        _cpu_error = f"{type(error).__name__}: {error}"
-        warnings.warn(
-            "vsgd_bayes: the fused CPU kernel could not be built, the fused path is "
-            f"unavailable (use foreach): {_cpu_error.splitlines()[0]}",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    isa = torch.backends.cpu.get_cpu_capability()
+    # -fno-math-errno lets sqrt vectorise; no -ffast-math (it would change the rounding
+    # that the float64 parity tests check to 1e-12).
+    flags = ["-O3", "-fno-math-errno", "-fopenmp"] + ISA_FLAGS.get(isa, [])
+    _cpu_module, _cpu_error = load(cpu_extension_name(), _SOURCE, flags,
+                                   "fused CPU kernel")
     return _cpu_module
 
 
