@@ -405,43 +405,44 @@ def simulated_displacements(rng: np.random.Generator, steps: int, coordinates: i
 
 
 def _simulated_stream(rng: np.random.Generator, steps: int, coordinates: int):
-    """(truth (q_g, q_h, r), displacements, observations) from the NumPyro model."""
-    noise = 10.0 ** rng.uniform(-4, 2)
-    truth = (_DRIFT_TO_NOISE * noise, _CURVATURE_DRIFT_TO_NOISE * noise / _LR**2, noise)
-    displacements = simulated_displacements(rng, steps, coordinates)
-    key = jax.random.PRNGKey(int(rng.integers(2**31)))
-    _, _, observations = curvature_model.simulate_gradient_stream(
-        key, jnp.asarray(displacements), *truth
-    )
-    return truth, displacements, observations
-
-
-def _simulated_stream_with_truth(rng: np.random.Generator, steps: int, coordinates: int):
-    """((q_g, q_h, r), g, g_hat), displacements, g_hat: :func:`_simulated_stream` with g."""
+    """(variances (q_g, q_h, r), displacements, true gradients g, observations g_hat) from
+    the NumPyro model."""
     noise = 10.0 ** rng.uniform(-4, 2)
     variances = (_DRIFT_TO_NOISE * noise, _CURVATURE_DRIFT_TO_NOISE * noise / _LR**2, noise)
     displacements = simulated_displacements(rng, steps, coordinates)
     key = jax.random.PRNGKey(int(rng.integers(2**31)))
-    g, _, observations = curvature_model.simulate_gradient_stream(
+    true_gradients, _, observations = curvature_model.simulate_gradient_stream(
         key, jnp.asarray(displacements), *variances
     )
-    return (variances, np.asarray(g), np.asarray(observations)), displacements, observations
+    return variances, displacements, np.asarray(true_gradients), observations
+
+
+@functools.lru_cache(maxsize=16)
+def _online_scan(posterior_update: Callable):
+    """jit of: the rule's posterior_update over a stream from ``state``; (last state, m_g at
+    every step). Compiled once per function under test and stream shape."""
+
+    @jax.jit
+    def run(state, observations, points):
+        def advance(state, inputs):
+            _, state = posterior_update(inputs[0], inputs[1], state)
+            return state, state.gradient_mean
+
+        return jax.lax.scan(advance, state, (observations, points))
+
+    return run
 
 
 def _online_run(updates: CurvatureUpdates, displacements, observations, start):
     """The rule over the stream from the start (lambda_g,0, lambda_h,0 lr^2): its last state
     and its means m_g at every step."""
-    points = jnp.asarray(np.cumsum(displacements, axis=0))
     state = curvature_rule.init_state(
         jnp.zeros(observations.shape[1], observations.dtype), lr=_LR,
         initial_drift_to_noise=start[0], initial_curvature_drift_to_noise=start[1],
     )
-
-    def advance(state, inputs):
-        _, state = updates.posterior_update(inputs[0], inputs[1], state)
-        return state, state.gradient_mean
-
-    return jax.lax.scan(advance, state, (jnp.asarray(observations), points))
+    return _online_scan(updates.posterior_update)(
+        state, jnp.asarray(observations), jnp.asarray(np.cumsum(displacements, axis=0))
+    )
 
 
 def _online_estimates(updates: CurvatureUpdates, displacements, observations, start):
@@ -491,7 +492,8 @@ def _moment_start(displacements, observations):
 
 
 def _check_online_ml(rng: np.random.Generator, updates: CurvatureUpdates, steps: int):
-    truth, displacements, observations = _simulated_stream(rng, steps, _COORDINATES_ONLINE)
+    truth, displacements, _, observations = _simulated_stream(rng, steps,
+                                                              _COORDINATES_ONLINE)
     online = _online_estimates(updates, displacements, observations, _STARTS[0])
     offline = offline_maximum_likelihood(observations, displacements,
                                          _moment_start(displacements, observations))
@@ -514,7 +516,8 @@ def _check_online_ml(rng: np.random.Generator, updates: CurvatureUpdates, steps:
 
 
 def _check_identifiability(rng: np.random.Generator, updates: CurvatureUpdates, steps: int):
-    truth, displacements, observations = _simulated_stream(rng, steps, _COORDINATES_ONLINE)
+    truth, displacements, _, observations = _simulated_stream(rng, steps,
+                                                              _COORDINATES_ONLINE)
     first, second = (_online_estimates(updates, displacements, observations, start)
                      for start in _STARTS)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -535,10 +538,9 @@ def _check_identifiability(rng: np.random.Generator, updates: CurvatureUpdates, 
 
 
 def _check_oracle_rmse(rng: np.random.Generator, updates: CurvatureUpdates, steps: int):
-    truth, displacements, observations = _simulated_stream_with_truth(rng, steps,
-                                                                      _COORDINATES_ONLINE)
-    true_gradients, observations = truth[1], truth[2]
-    variances = truth[0]
+    variances, displacements, true_gradients, observations = _simulated_stream(
+        rng, steps, _COORDINATES_ONLINE
+    )
     oracle, _ = curvature_rule.exact_filter(jnp.asarray(observations),
                                             jnp.asarray(displacements), *variances)
     oracle_rmse = float(np.sqrt(np.mean((np.asarray(oracle.gradient_mean) - true_gradients)
