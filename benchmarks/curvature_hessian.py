@@ -64,39 +64,34 @@ def _flat_loss(model, batches, names, shapes):
     return loss
 
 
-def _flat_params(model):
+def _gradient_at(model, batches):
+    """(the gradient of the full-batch loss as a function of the flat float64 parameters,
+    their current value). ``functional_call`` puts every parameter in from the flat vector,
+    so the model's own float32 parameters are neither used nor changed."""
     names = [n for n, _ in model.named_parameters()]
     shapes = [tuple(p.shape) for _, p in model.named_parameters()]
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).to(torch.float64)
-    return names, shapes, flat
+    return grad(_flat_loss(model, batches, names, shapes)), flat
 
 
 def hessian_vector_product(model, batches, vector):
     """H v of the full-batch loss at the model's parameters (float64), v flat."""
-    names, shapes, flat = _flat_params(model)
-    loss = _flat_loss(model.double(), batches, names, shapes)
-    try:
-        return jvp(grad(loss), (flat,), (vector.to(torch.float64),))[1]
-    finally:
-        model.float()
+    gradient, flat = _gradient_at(model, batches)
+    return jvp(gradient, (flat,), (vector.to(torch.float64),))[1]
 
 
 def hessian_diagonal(model, batches, chunk: int = 256):
     """H_ii of the full-batch loss, every coordinate, by H e_i in chunks of basis vectors."""
-    names, shapes, flat = _flat_params(model)
-    loss = _flat_loss(model.double(), batches, names, shapes)
-    gradient = grad(loss)
+    gradient, flat = _gradient_at(model, batches)
     size = flat.numel()
     diagonal = torch.empty(size, dtype=torch.float64)
-    try:
-        for start in range(0, size, chunk):
-            stop = min(start + chunk, size)
-            basis = torch.zeros(stop - start, size, dtype=torch.float64)
-            basis[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
-            products = vmap(lambda v: jvp(gradient, (flat,), (v,))[1])(basis)
-            diagonal[start:stop] = products[torch.arange(stop - start), torch.arange(start, stop)]
-    finally:
-        model.float()
+    for start in range(0, size, chunk):
+        stop = min(start + chunk, size)
+        rows = torch.arange(stop - start)
+        basis = torch.zeros(stop - start, size, dtype=torch.float64)
+        basis[rows, torch.arange(start, stop)] = 1.0
+        products = vmap(lambda v: jvp(gradient, (flat,), (v,))[1])(basis)
+        diagonal[start:stop] = products[rows, torch.arange(start, stop)]
     return diagonal
 
 
