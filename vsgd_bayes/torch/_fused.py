@@ -61,13 +61,13 @@ _cpu_tried = False
 
 def cpu_extension_name() -> str:
     """Name of the cached CPU extension: ``vsgd_fused_cpu_<isa>_<source hash>`` (e.g.
-    ``..._avx2_1a2b3c4d``; :func:`vsgd_bayes.torch._cpu_extension.extension_name`)."""
+    ``..._avx2_1a2b3c4d``; ``vsgd_bayes.torch._cpu_extension.extension_name``)."""
     return extension_name("vsgd_fused_cpu", _SOURCE)
 
 
 def cpu_kernel_path() -> pathlib.Path:
     """Where torch's extension cache keeps the built CPU kernel (``<build dir>/<name>.so``,
-    :func:`vsgd_bayes.torch._cpu_extension.library_path`; compiles nothing)."""
+    ``vsgd_bayes.torch._cpu_extension.library_path``; compiles nothing)."""
     return library_path(cpu_extension_name())
 
 
