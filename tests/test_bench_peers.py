@@ -335,3 +335,41 @@ def test_merging_parts_chooses_the_best_peer_again_over_the_joined_rows():
     joint = run(["vsgd", "adamw", "sgd"])
     assert merged["best_peer"] == joint["best_peer"] and merged["best_peer"]["name"] == "sgd"
     assert merged["summary"] == joint["summary"] and merged["headline"] == joint["headline"]
+
+
+def test_a_schedule_free_part_run_at_a_constant_rate_merges_into_a_cosine_run():
+    """Schedule-Free rows replace the schedule by design, so their part is the same runs under
+    any --schedule: it joins parts run under cosine, as if everything had run under cosine.
+    A scheduled row's part under another schedule is still refused."""
+
+    def run(names, schedule):
+        return runner.run_task(
+            "digits-vae",
+            optimizers=names,
+            lr_grids={name: [1e-3] for name in names},
+            quick=True,
+            steps=4,
+            final_seeds=2,
+            selection_seeds=1,
+            schedule=schedule,
+            log=None,
+            progress=False,
+        )
+
+    cosine = run(["adamw"], "cosine")
+    sf_constant = run(["sf-adamw", "sf-vsgd"], "constant")
+    merged = runner.merge_results([sf_constant, cosine])
+    joint = run(["adamw", "sf-adamw", "sf-vsgd"], "cosine")
+    assert merged["settings"] == joint["settings"] and merged["schedule"] == "cosine"
+
+    def metrics(result):
+        return {name: row["test_metrics"] for name, row in result["summary"].items()}
+
+    assert metrics(merged) == metrics(joint)
+    assert merged["best_peer"] == joint["best_peer"]
+    # Check of the check: AdamW follows the schedule, so its constant-rate part is refused, and
+    # under constant its runs are not the cosine runs.
+    adamw_constant = run(["adamw"], "constant")
+    assert metrics(adamw_constant)["adamw"] != metrics(cosine)["adamw"]
+    with pytest.raises(ValueError, match="settings differs"):
+        runner.merge_results([adamw_constant, run(["vsgd"], "cosine")])

@@ -635,6 +635,20 @@ def run_task(
     return result
 
 
+def _ignores_protocol_schedule(part: dict[str, Any]) -> bool:
+    """Whether every row of a part runs under its own schedule, whatever ``--schedule`` was."""
+    names = list(part.get("summary", {}))
+    return bool(names) and all(
+        name in OPTIMIZERS and OPTIMIZERS[name].schedule is not None for name in names
+    )
+
+
+def _without_schedule(settings: Any) -> Any:
+    if not isinstance(settings, dict):
+        return settings
+    return {key: value for key, value in settings.items() if key != "schedule"}
+
+
 def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One task's results run in parts (disjoint optimizers, same settings), as if run at once.
 
@@ -643,17 +657,23 @@ def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """
     if not parts:
         raise ValueError("Invalid parts: nothing to merge")
+    # A part whose every row replaces the schedule by design (Schedule-Free: the registry's
+    # ``schedule``) ran the same runs under any ``--schedule``: its schedule setting is not
+    # compared, and the merged result takes the schedule of the parts it did apply to.
+    scheduled = [part for part in parts if not _ignores_protocol_schedule(part)] or list(parts)
+    first = scheduled[0]
     keys = ("task", "settings", "protocol", "quick", "budget")
-    for part in parts[1:]:
+    for part in parts:
         for key in keys:
-            if part.get(key) != parts[0].get(key):
-                raise ValueError(
-                    f"Invalid parts: {key} differs ({part.get(key)!r} vs {parts[0].get(key)!r})"
-                )
+            mine, theirs = part.get(key), first.get(key)
+            if key == "settings" and part not in scheduled:
+                mine, theirs = _without_schedule(mine), _without_schedule(theirs)
+            if mine != theirs:
+                raise ValueError(f"Invalid parts: {key} differs ({mine!r} vs {theirs!r})")
     names = [name for part in parts for name in part["summary"]]
     if len(set(names)) != len(names):
         raise ValueError(f"Invalid parts: an optimizer appears twice ({names})")
-    merged = {**parts[0], "runs": [], "summary": {}, "lr_grids": {}}
+    merged = {**first, "runs": [], "summary": {}, "lr_grids": {}}
     for part in parts:
         merged["runs"] += part["runs"]
         merged["lr_grids"].update(part["lr_grids"])
