@@ -9,6 +9,8 @@ per method, the shared checking helpers in :mod:`~vsgd_bayes.hyperparameters.che
 * :mod:`~vsgd_bayes.hyperparameters.kalman`: Kalman VSGD.
 * :mod:`~vsgd_bayes.hyperparameters.factored`: Factored VSGD (row x column precisions).
 * :mod:`~vsgd_bayes.hyperparameters.curvature`: Curvature Kalman VSGD (step-following model).
+* :mod:`~vsgd_bayes.hyperparameters.kronecker`: Kronecker VSGD (VSGD in the noise's Kronecker
+  eigenbasis).
 
 The names below are this package's flat interface (``from vsgd_bayes import hyperparameters as
 hp``; ``hp.DEFAULTS``, ``hp.KALMAN_DEFAULTS``), kept stable; a method's own module names its
@@ -17,7 +19,7 @@ objects without the method's prefix (``hyperparameters.kalman.DEFAULTS``).
 
 from __future__ import annotations
 
-from vsgd_bayes.hyperparameters import constant, curvature, factored, kalman, vsgd
+from vsgd_bayes.hyperparameters import constant, curvature, factored, kalman, kronecker, vsgd
 from vsgd_bayes.hyperparameters.checks import (
     CHOICES,
     REQUIREMENTS,
@@ -48,6 +50,10 @@ from vsgd_bayes.hyperparameters.kalman import (
 from vsgd_bayes.hyperparameters.kalman import (
     validate_hyperparameters as validate_kalman_hyperparameters,
 )
+from vsgd_bayes.hyperparameters.kronecker import DEFAULTS as KRONECKER_DEFAULTS
+from vsgd_bayes.hyperparameters.kronecker import (
+    validate_hyperparameters as validate_kronecker_hyperparameters,
+)
 from vsgd_bayes.hyperparameters.vsgd import (
     DEFAULTS,
     INITS,
@@ -69,6 +75,7 @@ __all__ = [
     "kalman",
     "factored",
     "curvature",
+    "kronecker",
     "CHOICES",
     "REQUIREMENTS",
     "check_hyperparameter",
@@ -99,4 +106,6 @@ __all__ = [
     "CURVATURE_DEFAULTS",
     "CURVATURE_STEPS",
     "validate_curvature_hyperparameters",
+    "KRONECKER_DEFAULTS",
+    "validate_kronecker_hyperparameters",
 ]
