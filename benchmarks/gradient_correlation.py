@@ -40,7 +40,16 @@ Reported for each covariance C (d x d), see :func:`covariance_structure`:
   the top singular pair of the rearranged C), of diagonal + Kronecker (alternating fit), of
   the scaled K-FAC product G (x) A, and ``error_kronecker_floor``: the Kronecker fit's error on
   a sample of the same M drawn from the fitted Kronecker Gaussian (what an exact Kronecker truth
-  reads).
+  reads);
+* the eigenvalue-corrected Kronecker family (EKFAC, George et al. 2018; SOAP, Vyas et al.
+  2024): C_hat = Q diag(diag(Q^T C Q)) Q^T with Q = Q_U (x) Q_V a Kronecker product of
+  orthogonal bases and free eigenvalues (for a fixed Q, keeping the diagonal of Q^T C Q is the
+  Frobenius-optimal choice). ``error_kronecker_basis``: Q_U, Q_V the eigenvectors of the
+  nearest Kronecker product's U, V (U (x) V is in the family, so this error is <= the
+  Kronecker fit's), and ``error_kronecker_basis_floor``, the same fit's error on the
+  Kronecker-floor sample; ``error_moment_basis``: Q_U, Q_V the eigenvectors of the partial
+  traces E[E E^T] and E[E^T E] of the noise matrix E (rows x cols), the moment estimator of a
+  Kronecker-eigenbasis optimizer (for E ~ MN(0, U, V), E[E E^T] = tr(V) U).
 
 Checks of the check (:func:`self_check`, run first): a simulated diagonal noise reads its
 floor, and its debiased share ~0; a simulated Kronecker noise is recovered within the sample
@@ -148,6 +157,37 @@ def diagonal_plus_kronecker(covariance: np.ndarray, rows: int, cols: int,
     return np.diag(diagonal) + product
 
 
+def partial_traces(covariance: np.ndarray, rows: int, cols: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The row and column moments of C = E[vec E vec E^T] (E rows x cols, row-major vec):
+    sum_j C[(i, j), (k, j)] = E[E E^T]_ik (rows x rows) and sum_i C[(i, j), (i, l)] =
+    E[E^T E]_jl (cols x cols). For C = U (x) V they are tr(V) U and tr(U) V."""
+    blocks = covariance.reshape(rows, cols, rows, cols)
+    return np.einsum("ijkj->ik", blocks), np.einsum("ijil->jl", blocks)
+
+
+def kronecker_basis(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Q_U (x) Q_V, the eigenvectors of (the symmetric parts of) ``left`` (rows x rows, acting
+    on i) and ``right`` (cols x cols, acting on j), in the order of np.kron(U, V): column
+    a * cols + b is q_a (x) p_b."""
+    vectors = [np.linalg.eigh((m + m.T) / 2)[1] for m in (left, right)]
+    return np.kron(*vectors)
+
+
+def diagonal_in_basis(covariance: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """Q diag(diag(Q^T C Q)) Q^T for an orthogonal Q: the nearest matrix (Frobenius) that is
+    diagonal in the basis Q."""
+    eigenvalues = np.einsum("ai,ab,bi->i", basis, covariance, basis)
+    return (basis * eigenvalues) @ basis.T
+
+
+def moment_basis(covariance: np.ndarray, rows: int, cols: int,
+                 moments=partial_traces) -> np.ndarray:
+    """The Kronecker eigenbasis of the partial traces of C (:func:`partial_traces`); ``moments``
+    is a hook for the tests' broken twin."""
+    return kronecker_basis(*moments(covariance, rows, cols))
+
+
 def _scaled_error(covariance: np.ndarray, model: np.ndarray) -> float:
     scale = np.sum(covariance * model) / np.sum(model**2)
     return relative_error(covariance, scale * model)
@@ -193,6 +233,7 @@ def _covariance_structure(samples, rows, cols, kfac, seed):
     draws = factors[0] @ rng.normal(size=(count, rows, cols)) @ factors[1].T
     draws = draws.reshape(count, -1)
     redrawn = np.cov(draws, rowvar=False)
+    redrawn_u, redrawn_v = nearest_kronecker(redrawn, rows, cols)
     r = correlation(covariance)
     r_shuffled = correlation(shuffled_covariance)
     dimension = r.shape[0]
@@ -217,8 +258,14 @@ def _covariance_structure(samples, rows, cols, kfac, seed):
         "marchenko_pastur_edge": float((1 + np.sqrt(dimension / count)) ** 2),
         "error_diagonal": relative_error(covariance, np.diag(np.diag(covariance))),
         "error_kronecker": relative_error(covariance, kronecker),
-        "error_kronecker_floor": relative_error(redrawn, np.kron(
-            *nearest_kronecker(redrawn, rows, cols))),
+        "error_kronecker_floor": relative_error(redrawn, np.kron(redrawn_u, redrawn_v)),
+        # free eigenvalues in the Kronecker eigenbasis: of U (x) V, and of the partial traces
+        "error_kronecker_basis": relative_error(
+            covariance, diagonal_in_basis(covariance, kronecker_basis(u, v))),
+        "error_kronecker_basis_floor": relative_error(
+            redrawn, diagonal_in_basis(redrawn, kronecker_basis(redrawn_u, redrawn_v))),
+        "error_moment_basis": relative_error(
+            covariance, diagonal_in_basis(covariance, moment_basis(covariance, rows, cols))),
         "error_diagonal_plus_kronecker": relative_error(
             covariance, diagonal_plus_kronecker(covariance, rows, cols)),
         # the diagonal of the Kronecker fit alone (a rank-one, Adafactor-like diagonal)
@@ -270,6 +317,12 @@ def self_check(rows: int = 8, cols: int = 8, samples: int = 256, seed: int = 0
         "kronecker_fit_error_against_sample": on_kronecker["error_kronecker"],
         "kronecker_fit_error_floor": on_kronecker["error_kronecker_floor"],
         "broken_twin_error_against_truth": relative_error(truth, broken),
+        "kronecker_basis_fit_error_against_truth": relative_error(truth, diagonal_in_basis(
+            sample_covariance, kronecker_basis(*nearest_kronecker(sample_covariance, rows,
+                                                                  cols)))),
+        "kronecker_basis_fit_error_against_sample": on_kronecker["error_kronecker_basis"],
+        "kronecker_basis_fit_error_floor": on_kronecker["error_kronecker_basis_floor"],
+        "moment_basis_fit_error_against_sample": on_kronecker["error_moment_basis"],
     }
     floor = result["diagonal_offdiag_share_floor"]
     assert abs(result["diagonal_offdiag_share"] - floor) < 0.2 * floor, result
@@ -282,6 +335,17 @@ def self_check(rows: int = 8, cols: int = 8, samples: int = 256, seed: int = 0
                    "kronecker_fit_error_floor"], result
     assert result["broken_twin_error_against_truth"] > 2 * result[
         "kronecker_fit_error_against_truth"], result
+    # the Kronecker-eigenbasis fit contains U (x) V: no worse on the sample, and on a Kronecker
+    # truth it too reads its floor (its basis is estimated, its eigenvalues free); the partial
+    # traces' basis is as good as the fit's there (both estimate Q_U (x) Q_V)
+    assert result["kronecker_basis_fit_error_against_sample"] <= result[
+        "kronecker_fit_error_against_sample"] + 1e-12, result
+    assert abs(result["kronecker_basis_fit_error_against_sample"]
+               - result["kronecker_basis_fit_error_floor"]) < 0.25 * result[
+                   "kronecker_basis_fit_error_floor"], result
+    assert abs(result["moment_basis_fit_error_against_sample"]
+               - result["kronecker_basis_fit_error_against_sample"]) < 0.25 * result[
+                   "kronecker_basis_fit_error_floor"], result
     return result
 
 
@@ -406,6 +470,9 @@ COLUMNS = (
     ("correlation_top_eigenvalue", "λmax(R)"), ("marchenko_pastur_edge", "MP edge"),
     ("error_diagonal", "err diag"), ("error_kronecker", "err Kron"),
     ("error_kronecker_floor", "err Kron floor"),
+    ("error_kronecker_basis", "err Kron basis"),
+    ("error_kronecker_basis_floor", "err Kron basis floor"),
+    ("error_moment_basis", "err basis of moments"),
     ("error_diagonal_plus_kronecker", "err diag+Kron"), ("error_kfac", "err K-FAC"),
 )
 
@@ -441,6 +508,78 @@ def print_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+#: The rows of the per-seed min / median / max table (:func:`spread_table`).
+SPREAD = (
+    ("offdiag_share", "off-diag share"),
+    ("offdiag_share_floor", "its floor (diagonal truth, same M, d)"),
+    ("offdiag_share_debiased", "debiased off-diag share (no floor)"),
+    ("correlation_mean_square", "mean R_ij² off the diagonal"),
+    ("correlation_mean_square_shuffled", "the same, shuffled (iid floor)"),
+    ("correlation_top_eigenvalue", "λmax(R)"),
+    ("error_diagonal", "err diag"),
+    ("error_kronecker", "err Kron"),
+    ("error_kronecker_floor", "err Kron floor (exact Kronecker truth)"),
+    ("error_kronecker_basis", "err Kron basis (eigenbasis of U ⊗ V, free eigenvalues)"),
+    ("error_kronecker_basis_floor", "err Kron basis floor (exact Kronecker truth)"),
+    ("error_moment_basis", "err basis of moments (eigenbases of E[E Eᵀ], E[Eᵀ E])"),
+    ("error_diagonal_plus_kronecker", "err diag+Kron"),
+    ("error_kfac", "err K-FAC (scaled G ⊗ A)"),
+    ("error_kronecker_diagonal",
+     "err of diag(U) ⊗ diag(V) (a rank-one diagonal, Adafactor-like)"),
+)
+
+#: Counts over the per-seed covariances: (label, predicate on one covariance's metrics).
+COUNTS = (
+    ("off-diag share above twice its floor",
+     lambda m: m["offdiag_share"] > 2 * m["offdiag_share_floor"]),
+    ("err Kron within twice its floor",
+     lambda m: m["error_kronecker"] <= 2 * m["error_kronecker_floor"]),
+    ("err Kron basis within twice its floor",
+     lambda m: m["error_kronecker_basis"] <= 2 * m["error_kronecker_basis_floor"]),
+    ("err basis of moments within twice the err Kron basis floor",
+     lambda m: m["error_moment_basis"] <= 2 * m["error_kronecker_basis_floor"]),
+    ("err Kron basis <= err Kron",
+     lambda m: m["error_kronecker_basis"] <= m["error_kronecker"] + 1e-12),
+    ("err basis of moments below err Kron",
+     lambda m: m["error_moment_basis"] < m["error_kronecker"]),
+    ("err K-FAC below err diag", lambda m: m["error_kfac"] < m["error_diagonal"]),
+)
+
+
+def spread_table(runs: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """Per seed (not averaged): min / median / max of the :data:`SPREAD` metrics over all noise
+    covariances (every run, checkpoint and layer) and over all drift covariances, and the
+    :data:`COUNTS`. Returns the markdown and the same numbers for the JSON."""
+    groups = {
+        "noise": [values for run in runs for checkpoint in run["checkpoints"]
+                  for values in checkpoint["layers"].values()],
+        "drift": [values for run in runs for values in run["drift"]["layers"].values()],
+    }
+    edges = [m["marchenko_pastur_edge"] for entries in groups.values() for m in entries]
+    lines = ["| quantity | noise | drift |", "|---|---|---|"]
+    data: dict[str, Any] = {"covariances": {k: len(v) for k, v in groups.items()},
+                            "min_median_max": {}, "counts": {}}
+    for key, label in SPREAD:
+        if key == "correlation_top_eigenvalue":
+            label += f" (MP edge {min(edges):.4g}–{max(edges):.4g})"
+        cells, spread = [], {}
+        for what, entries in groups.items():
+            values = [m[key] for m in entries if key in m]
+            triple = [float(np.min(values)), float(np.median(values)), float(np.max(values))]
+            spread[what] = triple
+            cells.append(" / ".join(f"{x:.4g}" for x in triple))
+        data["min_median_max"][key] = spread
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for label, test in COUNTS:
+        counts = {what: [sum(bool(test(m)) for m in entries), len(entries)]
+                  for what, entries in groups.items()}
+        data["counts"][label] = counts
+        lines.append(f"{label}: " + ", ".join(
+            f"{k} of {n} {what}" for what, (k, n) in counts.items()))
+    return "\n".join(lines), data
+
+
 def plot(rows: list[dict[str, Any]], path: pathlib.Path) -> None:
     import matplotlib
 
@@ -462,7 +601,8 @@ def plot(rows: list[dict[str, Any]], path: pathlib.Path) -> None:
         ax.legend(fontsize=7)
         ax = axes[k, 1]
         for key, marker in (("error_diagonal", "o"), ("error_kronecker", "s"),
-                            ("error_kronecker_floor", "_"),
+                            ("error_kronecker_floor", "_"), ("error_kronecker_basis", "D"),
+                            ("error_moment_basis", "+"),
                             ("error_diagonal_plus_kronecker", "^"), ("error_kfac", "x")):
             ax.plot(x, [r[key] for r in mine], marker, label=key, markersize=7)
         ax.set_title(f"{task}: relative Frobenius error of the approximation")
@@ -507,6 +647,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = summary_rows(runs)
     table = print_table(rows)
     print(table)
+    spread, spread_data = spread_table(runs)
+    print("\nper seed, min / median / max:\n" + spread)
     wall = time.time() - started
     print(f"\ntotal wall time {wall:.1f} s")
     out = pathlib.Path(args.out)
@@ -517,7 +659,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                                  else "")
         + f" --seeds {args.seeds} --tasks {','.join(tasks)} --out {args.out}",
         "settings": settings, "seeds": list(range(args.seeds)), "check_of_the_check": checks,
-        "runs": runs, "summary": rows, "wall_seconds": wall,
+        "runs": runs, "summary": rows, "spread": spread_data, "wall_seconds": wall,
         "torch": torch.__version__,
     }
     (out / f"results{suffix}.json").write_text(json.dumps(result, indent=1))

@@ -125,3 +125,105 @@ def test_quick_run_writes_the_documented_json(gc, tmp_path):
         assert keys <= set(values)
     assert (tmp_path / "summary_quick.png").stat().st_size > 0
     assert (tmp_path / "table_quick.md").read_text().startswith("| task |")
+
+
+def _orthogonal(rng, n):
+    return np.linalg.qr(rng.normal(size=(n, n)))[0]
+
+
+def _basis_errors(gc, covariance, rows, cols):
+    """(err Kron, err Kron basis, err basis of moments) of one covariance."""
+    u, v = gc.nearest_kronecker(covariance, rows, cols)
+    return (gc.relative_error(covariance, np.kron(u, v)),
+            gc.relative_error(covariance, gc.diagonal_in_basis(
+                covariance, gc.kronecker_basis(u, v))),
+            gc.relative_error(covariance, gc.diagonal_in_basis(
+                covariance, gc.moment_basis(covariance, rows, cols))))
+
+
+def test_partial_traces_of_a_kronecker_product(gc):
+    # sum_j C[(i, j), (k, j)] = tr(V) U and sum_i C[(i, j), (i, l)] = tr(U) V, for rows != cols
+    rng = np.random.default_rng(6)
+    u, v = _spd(rng, 3), _spd(rng, 5)
+    rows_moment, cols_moment = gc.partial_traces(np.kron(u, v), 3, 5)
+    assert np.allclose(rows_moment, np.trace(v) * u, rtol=1e-13, atol=0)
+    assert np.allclose(cols_moment, np.trace(u) * v, rtol=1e-13, atol=0)
+
+
+def test_kronecker_basis_fits_recover_an_exact_product(gc):
+    # C = U (x) V is diagonal in Q_U (x) Q_V; both bases (of the fitted U, V and of the partial
+    # traces) are eigenvectors of 8 x 8 SPD matrices in float64: error at rounding level
+    rng = np.random.default_rng(7)
+    for _ in range(3):
+        u, v = _spd(rng, 8), _spd(rng, 8)
+        _, kron_basis, moments = _basis_errors(gc, np.kron(u, v), 8, 8)
+        assert kron_basis < 1e-12 and moments < 1e-12
+
+
+def test_kronecker_basis_family_is_strictly_larger_than_kronecker(gc):
+    # C = Q diag(d) Q^T, Q = Q_U (x) Q_V, d free (not a Kronecker product of eigenvalues): the
+    # partial traces are Q_U diag(sum_b d_ab) Q_U^T (and likewise Q_V's), whose eigenvalues are
+    # distinct here, so the moment basis is Q exactly; the rearranged C is A d B^T with
+    # orthonormal A, B, so U (x) V is the rank-one part of the 8 x 8 matrix d and misses the rest
+    rng = np.random.default_rng(8)
+    basis = np.kron(_orthogonal(rng, 8), _orthogonal(rng, 8))
+    d = 10 ** rng.uniform(-1, 1, size=(8, 8))
+    covariance = (basis * d.reshape(-1)) @ basis.T
+    row_sums = np.sort(d.sum(axis=1))
+    col_sums = np.sort(d.sum(axis=0))
+    # eigenvector accuracy ~ eps ||C|| / gap: the gaps must not be tiny
+    assert np.min(np.diff(row_sums)) > 1e-3 * row_sums[-1]
+    assert np.min(np.diff(col_sums)) > 1e-3 * col_sums[-1]
+    kron, kron_basis, moments = _basis_errors(gc, covariance, 8, 8)
+    singular = np.linalg.svd(d, compute_uv=False)
+    # err Kron is the relative rank-one error of d
+    assert kron == pytest.approx(np.sqrt(np.sum(singular[1:] ** 2) / np.sum(singular**2)),
+                                 rel=1e-9)
+    assert kron > 0.01
+    assert moments < 1e-10
+    # U is diagonal in Q_U with the (distinct, Perron) top singular vector of d as eigenvalues
+    assert kron_basis < 1e-10
+
+
+def test_broken_moment_basis_twins_fail(gc):
+    # On U (x) V with U != V (both 8 x 8, so the twins are well-formed): the row and column
+    # moments swapped, or the Kronecker order of the bases reversed, give a wrong basis
+    rng = np.random.default_rng(9)
+    u, v = _spd(rng, 8), _spd(rng, 8)
+    covariance = np.kron(u, v)
+    swapped = gc.moment_basis(covariance, 8, 8,
+                              moments=lambda c, r, k: gc.partial_traces(c, r, k)[::-1])
+    assert gc.relative_error(covariance, gc.diagonal_in_basis(covariance, swapped)) > 0.1
+    reversed_order = gc.kronecker_basis(*gc.partial_traces(covariance, 8, 8)[::-1])
+    # kronecker_basis(V, U) = Q_V (x) Q_U: the same swap at the other end
+    assert np.allclose(reversed_order, swapped)
+    q_u, q_v = (np.linalg.eigh(m)[1] for m in gc.partial_traces(covariance, 8, 8))
+    wrong_order = np.kron(q_v, q_u)  # right factors, np.kron's order reversed
+    assert gc.relative_error(covariance, gc.diagonal_in_basis(covariance, wrong_order)) > 0.1
+    right_order = np.kron(q_u, q_v)
+    assert gc.relative_error(covariance, gc.diagonal_in_basis(covariance, right_order)) < 1e-12
+
+
+def test_kronecker_basis_error_never_exceeds_kronecker_error(gc):
+    # U (x) V = (Q_U (x) Q_V)(L_U (x) L_V)(Q_U (x) Q_V)^T is in the family, and keeping
+    # diag(Q^T C Q) is the family's Frobenius optimum for a fixed Q: only rounding can break it
+    rng = np.random.default_rng(10)
+    for rows, cols in ((8, 8), (8, 8), (3, 5), (4, 6)):
+        factor = rng.normal(size=(rows * cols, rows * cols))
+        covariance = factor @ factor.T / (rows * cols) + 0.1 * np.eye(rows * cols)
+        kron, kron_basis, _ = _basis_errors(gc, covariance, rows, cols)
+        assert kron_basis <= kron + 1e-12
+        # and on a sample covariance with a Kronecker part, as measured
+        samples = rng.normal(size=(4 * rows * cols, rows * cols)) @ np.linalg.cholesky(
+            np.kron(_spd(rng, rows), _spd(rng, cols)) + covariance).T
+        kron, kron_basis, _ = _basis_errors(gc, np.cov(samples, rowvar=False), rows, cols)
+        assert kron_basis <= kron + 1e-12
+
+
+def test_diagonal_in_basis_is_the_projection(gc):
+    # the residual C - C_hat is orthogonal (Frobenius) to every Q diag(x) Q^T: the optimum
+    rng = np.random.default_rng(11)
+    basis = _orthogonal(rng, 6)
+    covariance = _spd(rng, 6)
+    residual = covariance - gc.diagonal_in_basis(covariance, basis)
+    assert np.allclose(np.diag(basis.T @ residual @ basis), 0, atol=1e-12)

@@ -12,7 +12,8 @@ L (m x m) and R (n x n) and a tilde for a matrix in the basis (X~ = L^T X R), on
         \frac{\tilde\mu}{\sqrt{\tilde\mu^2 + \tilde\sigma^2} + \epsilon}\,R^\top
         && \text{[kronecker-step]} \\
     \tilde S^{row} &\leftarrow (1-\rho_2)\tilde S^{row}
-        + \rho_2\big(\tilde R\tilde R^\top + \mathrm{diag}_i \textstyle\sum_j\tilde\sigma^2_{ij}\big),
+        + \rho_2\big(\tilde R\tilde R^\top
+        + \mathrm{diag}_i \textstyle\sum_j\tilde\sigma^2_{ij}\big),
         \ \tilde R = \tilde{\hat G} - \tilde\mu \ \text{(columns alike)}
         && \text{[kronecker-moments]}
 
