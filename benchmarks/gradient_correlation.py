@@ -54,7 +54,11 @@ Reported for each covariance C (d x d), see :func:`covariance_structure`:
 Checks of the check (:func:`self_check`, run first): a simulated diagonal noise reads its
 floor, and its debiased share ~0; a simulated Kronecker noise is recovered within the sample
 covariance's own error; a broken twin (the rearrangement without its transpose) does not
-recover it.
+recover it; on that Kronecker noise the Kronecker-eigenbasis fit is no worse than the Kronecker
+fit and reads its own floor, and the basis of moments reads about the same.
+
+The script also prints (and writes to the JSON under ``spread``) the per-seed min / median /
+max of the main metrics over all noise and all drift covariances, and counts (:data:`COUNTS`).
 
 Usage::
 
@@ -87,12 +91,16 @@ OPTIMIZERS = ("adamw", "vsgd")
 def rearrange(covariance: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """Van Loan-Pitsianis rearrangement: C[(i, j), (k, l)] -> R[(i, k), (j, l)], so that
     C = U (x) V (np.kron, row-major vec) becomes R = vec(U) vec(V)^T, of rank one."""
-    return covariance.reshape(rows, cols, rows, cols).transpose(0, 2, 1, 3).reshape(
-        rows * rows, cols * cols)
+    return (
+        covariance.reshape(rows, cols, rows, cols)
+        .transpose(0, 2, 1, 3)
+        .reshape(rows * rows, cols * cols)
+    )
 
 
-def nearest_kronecker(covariance: np.ndarray, rows: int, cols: int,
-                      arrange=rearrange) -> tuple[np.ndarray, np.ndarray]:
+def nearest_kronecker(
+    covariance: np.ndarray, rows: int, cols: int, arrange=rearrange
+) -> tuple[np.ndarray, np.ndarray]:
     """(U, V), rows x rows and cols x cols, minimising ||C - U (x) V||_F (Van Loan & Pitsianis
     1993): the top singular pair of the rearranged C. ``arrange`` is a hook for the tests'
     broken twin."""
@@ -100,8 +108,10 @@ def nearest_kronecker(covariance: np.ndarray, rows: int, cols: int,
     # the pair's sign is free (U (x) V = (-U) (x) (-V)): take tr U >= 0, as for an SPD C
     sign = 1.0 if np.trace(left[:, 0].reshape(rows, rows)) >= 0 else -1.0
     scale = np.sqrt(singular[0])
-    return (sign * scale * left[:, 0].reshape(rows, rows),
-            sign * scale * right[0].reshape(cols, cols))
+    return (
+        sign * scale * left[:, 0].reshape(rows, rows),
+        sign * scale * right[0].reshape(cols, cols),
+    )
 
 
 def relative_error(covariance: np.ndarray, approximation: np.ndarray) -> float:
@@ -145,8 +155,9 @@ def correlation(covariance: np.ndarray) -> np.ndarray:
     return c * scale[:, None] * scale[None, :]
 
 
-def diagonal_plus_kronecker(covariance: np.ndarray, rows: int, cols: int,
-                            iterations: int = 30) -> np.ndarray:
+def diagonal_plus_kronecker(
+    covariance: np.ndarray, rows: int, cols: int, iterations: int = 30
+) -> np.ndarray:
     """D + U (x) V by alternating least squares: K = nearest Kronecker of C - D, D = diag of
     C - K (each step is an exact minimisation, so the error does not increase)."""
     diagonal = np.zeros(covariance.shape[0])
@@ -157,8 +168,7 @@ def diagonal_plus_kronecker(covariance: np.ndarray, rows: int, cols: int,
     return np.diag(diagonal) + product
 
 
-def partial_traces(covariance: np.ndarray, rows: int, cols: int
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def partial_traces(covariance: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
     """The row and column moments of C = E[vec E vec E^T] (E rows x cols, row-major vec):
     sum_j C[(i, j), (k, j)] = E[E E^T]_ik (rows x rows) and sum_i C[(i, j), (i, l)] =
     E[E^T E]_jl (cols x cols). For C = U (x) V they are tr(V) U and tr(U) V."""
@@ -181,8 +191,9 @@ def diagonal_in_basis(covariance: np.ndarray, basis: np.ndarray) -> np.ndarray:
     return (basis * eigenvalues) @ basis.T
 
 
-def moment_basis(covariance: np.ndarray, rows: int, cols: int,
-                 moments=partial_traces) -> np.ndarray:
+def moment_basis(
+    covariance: np.ndarray, rows: int, cols: int, moments=partial_traces
+) -> np.ndarray:
     """The Kronecker eigenbasis of the partial traces of C (:func:`partial_traces`); ``moments``
     is a hook for the tests' broken twin."""
     return kronecker_basis(*moments(covariance, rows, cols))
@@ -203,9 +214,13 @@ def _one_blas_thread():
     return threadpool_limits(1)
 
 
-def covariance_structure(samples: np.ndarray, rows: int, cols: int,
-                         kfac: tuple[np.ndarray, np.ndarray] | None = None,
-                         seed: int = 0) -> dict[str, float]:
+def covariance_structure(
+    samples: np.ndarray,
+    rows: int,
+    cols: int,
+    kfac: tuple[np.ndarray, np.ndarray] | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
     """The structure of the sample covariance of ``samples`` (M x d, d = rows * cols,
     row-major), beside the readings of a diagonal and of a Kronecker truth (module docstring).
     ``kfac``: (G, A), rows x rows and cols x cols."""
@@ -221,7 +236,7 @@ def _covariance_structure(samples, rows, cols, kfac, seed):
     shuffled_covariance = np.cov(shuffled, rowvar=False)
     half = count // 2
     first = np.cov(samples[:half], rowvar=False)
-    second = np.cov(samples[half:2 * half], rowvar=False)
+    second = np.cov(samples[half : 2 * half], rowvar=False)
     products = first * second
     u, v = nearest_kronecker(covariance, rows, cols)
     kronecker = np.kron(u, v)
@@ -244,15 +259,15 @@ def _covariance_structure(samples, rows, cols, kfac, seed):
         "offdiag_share": offdiag_share(covariance),
         "offdiag_share_floor": offdiag_share_floor(np.diag(covariance), count),
         "offdiag_share_shuffled": offdiag_share(shuffled_covariance),
-        "offdiag_share_debiased": float(
-            (products.sum() - np.trace(products)) / products.sum()),
+        "offdiag_share_debiased": float((products.sum() - np.trace(products)) / products.sum()),
         "effective_rank": effective_rank(covariance),
         "effective_rank_shuffled": effective_rank(shuffled_covariance),
         "participation_ratio": participation_ratio(covariance),
         "participation_ratio_shuffled": participation_ratio(shuffled_covariance),
         "correlation_mean_square": float(np.mean(r[off] ** 2)),
         "correlation_mean_square_shuffled": float(
-            np.mean(r_shuffled[~np.eye(r_shuffled.shape[0], dtype=bool)] ** 2)),
+            np.mean(r_shuffled[~np.eye(r_shuffled.shape[0], dtype=bool)] ** 2)
+        ),
         "correlation_top_eigenvalue": float(np.linalg.eigvalsh(r)[-1]),
         "correlation_top_eigenvalue_shuffled": float(np.linalg.eigvalsh(r_shuffled)[-1]),
         "marchenko_pastur_edge": float((1 + np.sqrt(dimension / count)) ** 2),
@@ -261,16 +276,21 @@ def _covariance_structure(samples, rows, cols, kfac, seed):
         "error_kronecker_floor": relative_error(redrawn, np.kron(redrawn_u, redrawn_v)),
         # free eigenvalues in the Kronecker eigenbasis: of U (x) V, and of the partial traces
         "error_kronecker_basis": relative_error(
-            covariance, diagonal_in_basis(covariance, kronecker_basis(u, v))),
+            covariance, diagonal_in_basis(covariance, kronecker_basis(u, v))
+        ),
         "error_kronecker_basis_floor": relative_error(
-            redrawn, diagonal_in_basis(redrawn, kronecker_basis(redrawn_u, redrawn_v))),
+            redrawn, diagonal_in_basis(redrawn, kronecker_basis(redrawn_u, redrawn_v))
+        ),
         "error_moment_basis": relative_error(
-            covariance, diagonal_in_basis(covariance, moment_basis(covariance, rows, cols))),
+            covariance, diagonal_in_basis(covariance, moment_basis(covariance, rows, cols))
+        ),
         "error_diagonal_plus_kronecker": relative_error(
-            covariance, diagonal_plus_kronecker(covariance, rows, cols)),
+            covariance, diagonal_plus_kronecker(covariance, rows, cols)
+        ),
         # the diagonal of the Kronecker fit alone (a rank-one, Adafactor-like diagonal)
         "error_kronecker_diagonal": relative_error(
-            covariance, np.kron(np.diag(np.diag(u)), np.diag(np.diag(v)))),
+            covariance, np.kron(np.diag(np.diag(u)), np.diag(np.diag(v)))
+        ),
     }
     if kfac is not None:
         result["error_kfac"] = _scaled_error(covariance, np.kron(*kfac))
@@ -278,8 +298,7 @@ def _covariance_structure(samples, rows, cols, kfac, seed):
 
 
 # ----------------------------------------------------------------------------- checks
-def self_check(rows: int = 8, cols: int = 8, samples: int = 256, seed: int = 0
-               ) -> dict[str, float]:
+def self_check(rows: int = 8, cols: int = 8, samples: int = 256, seed: int = 0) -> dict[str, float]:
     """The instruments on simulated noise with a known structure, at the real runs' d and M
     (the diagonal readings are means over 20 samples)."""
     rng = np.random.default_rng(seed)
@@ -288,8 +307,12 @@ def self_check(rows: int = 8, cols: int = 8, samples: int = 256, seed: int = 0
     # one draw of the share is itself noisy at small d (a few large variances dominate it):
     # the mean over ``repeats`` independent samples is compared with the expectation
     repeats = 20
-    readings = [covariance_structure(rng.normal(size=(samples, d)) * np.sqrt(variances),
-                                     rows, cols, seed=seed + k) for k in range(repeats)]
+    readings = [
+        covariance_structure(
+            rng.normal(size=(samples, d)) * np.sqrt(variances), rows, cols, seed=seed + k
+        )
+        for k in range(repeats)
+    ]
     on_diagonal = {key: float(np.mean([r[key] for r in readings])) for key in readings[0]}
 
     def spd(n):
@@ -303,9 +326,11 @@ def self_check(rows: int = 8, cols: int = 8, samples: int = 256, seed: int = 0
     sample_covariance = np.cov(kron_samples, rowvar=False)
     on_kronecker = covariance_structure(kron_samples, rows, cols, seed=seed)
     fitted = np.kron(*nearest_kronecker(sample_covariance, rows, cols))
-    broken = np.kron(*nearest_kronecker(
-        sample_covariance, rows, cols,
-        arrange=lambda c, r, k: c.reshape(r * r, k * k)))  # the transpose left out
+    broken = np.kron(
+        *nearest_kronecker(
+            sample_covariance, rows, cols, arrange=lambda c, r, k: c.reshape(r * r, k * k)
+        )
+    )  # the transpose left out
     result = {
         "diagonal_offdiag_share": on_diagonal["offdiag_share"],
         "diagonal_offdiag_share_floor": on_diagonal["offdiag_share_floor"],
@@ -317,9 +342,13 @@ def self_check(rows: int = 8, cols: int = 8, samples: int = 256, seed: int = 0
         "kronecker_fit_error_against_sample": on_kronecker["error_kronecker"],
         "kronecker_fit_error_floor": on_kronecker["error_kronecker_floor"],
         "broken_twin_error_against_truth": relative_error(truth, broken),
-        "kronecker_basis_fit_error_against_truth": relative_error(truth, diagonal_in_basis(
-            sample_covariance, kronecker_basis(*nearest_kronecker(sample_covariance, rows,
-                                                                  cols)))),
+        "kronecker_basis_fit_error_against_truth": relative_error(
+            truth,
+            diagonal_in_basis(
+                sample_covariance,
+                kronecker_basis(*nearest_kronecker(sample_covariance, rows, cols)),
+            ),
+        ),
         "kronecker_basis_fit_error_against_sample": on_kronecker["error_kronecker_basis"],
         "kronecker_basis_fit_error_floor": on_kronecker["error_kronecker_basis_floor"],
         "moment_basis_fit_error_against_sample": on_kronecker["error_moment_basis"],
@@ -330,22 +359,34 @@ def self_check(rows: int = 8, cols: int = 8, samples: int = 256, seed: int = 0
     assert abs(result["diagonal_offdiag_share_debiased"]) < 0.2 * floor, result
     assert result["kronecker_fit_error_against_truth"] < result["kronecker_sample_error"], result
     # the fit's error on the sample is the sample's own noise, as for a redrawn Kronecker truth
-    assert abs(result["kronecker_fit_error_against_sample"]
-               - result["kronecker_fit_error_floor"]) < 0.25 * result[
-                   "kronecker_fit_error_floor"], result
-    assert result["broken_twin_error_against_truth"] > 2 * result[
-        "kronecker_fit_error_against_truth"], result
+    assert (
+        abs(result["kronecker_fit_error_against_sample"] - result["kronecker_fit_error_floor"])
+        < 0.25 * result["kronecker_fit_error_floor"]
+    ), result
+    assert (
+        result["broken_twin_error_against_truth"] > 2 * result["kronecker_fit_error_against_truth"]
+    ), result
     # the Kronecker-eigenbasis fit contains U (x) V: no worse on the sample, and on a Kronecker
     # truth it too reads its floor (its basis is estimated, its eigenvalues free); the partial
     # traces' basis is as good as the fit's there (both estimate Q_U (x) Q_V)
-    assert result["kronecker_basis_fit_error_against_sample"] <= result[
-        "kronecker_fit_error_against_sample"] + 1e-12, result
-    assert abs(result["kronecker_basis_fit_error_against_sample"]
-               - result["kronecker_basis_fit_error_floor"]) < 0.25 * result[
-                   "kronecker_basis_fit_error_floor"], result
-    assert abs(result["moment_basis_fit_error_against_sample"]
-               - result["kronecker_basis_fit_error_against_sample"]) < 0.25 * result[
-                   "kronecker_basis_fit_error_floor"], result
+    assert (
+        result["kronecker_basis_fit_error_against_sample"]
+        <= result["kronecker_fit_error_against_sample"] + 1e-12
+    ), result
+    assert (
+        abs(
+            result["kronecker_basis_fit_error_against_sample"]
+            - result["kronecker_basis_fit_error_floor"]
+        )
+        < 0.25 * result["kronecker_basis_fit_error_floor"]
+    ), result
+    assert (
+        abs(
+            result["moment_basis_fit_error_against_sample"]
+            - result["kronecker_basis_fit_error_against_sample"]
+        )
+        < 0.25 * result["kronecker_basis_fit_error_floor"]
+    ), result
     return result
 
 
@@ -357,8 +398,9 @@ class _KFACRecorder:
     def __init__(self, modules: dict[str, torch.nn.Module], blocks: dict[str, tuple]):
         self.blocks = blocks
         self.sums: dict[str, list] = {}
-        self.handles = [module.register_forward_hook(self._hook(name))
-                        for name, module in modules.items()]
+        self.handles = [
+            module.register_forward_hook(self._hook(name)) for name, module in modules.items()
+        ]
 
     def _hook(self, name):
         def hook(module, inputs, output):
@@ -375,6 +417,7 @@ class _KFACRecorder:
                 entry[2] += count
 
             output.register_hook(backward)
+
         return hook
 
     def factors(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -388,12 +431,15 @@ class _KFACRecorder:
 def _subsample(weight: torch.Tensor, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     out, inp = weight.shape
-    return (np.sort(rng.choice(out, size=min(rows, out), replace=False)),
-            np.sort(rng.choice(inp, size=min(cols, inp), replace=False)))
+    return (
+        np.sort(rng.choice(out, size=min(rows, out), replace=False)),
+        np.sort(rng.choice(inp, size=min(cols, inp), replace=False)),
+    )
 
 
-def measure_run(task_name: str, optimizer_name: str, seed: int, settings: dict[str, Any]
-                ) -> dict[str, Any]:
+def measure_run(
+    task_name: str, optimizer_name: str, seed: int, settings: dict[str, Any]
+) -> dict[str, Any]:
     from vsgd_bayes.apps.calibrate.harvest import flat_gradient, true_gradient
     from vsgd_bayes.apps.calibrate.optimizers import optimizer_row
     from vsgd_bayes.apps.calibrate.tasks import make_calibration_task
@@ -407,15 +453,17 @@ def measure_run(task_name: str, optimizer_name: str, seed: int, settings: dict[s
     model = task.build_model()
     modules = {name: dict(model.named_modules())[name] for name in LAYERS[task_name]}
     weights = [module.weight for module in modules.values()]
-    blocks = {name: _subsample(module.weight, settings["rows"], settings["cols"])
-              for name, module in modules.items()}
+    blocks = {
+        name: _subsample(module.weight, settings["rows"], settings["cols"])
+        for name, module in modules.items()
+    }
     sizes = [w.numel() for w in weights]
     offsets = np.cumsum([0, *sizes])
 
     def blocks_of(flat: np.ndarray) -> dict[str, np.ndarray]:
         out = {}
         for k, (name, (r, c)) in enumerate(blocks.items()):
-            matrix = flat[offsets[k]:offsets[k + 1]].reshape(weights[k].shape)
+            matrix = flat[offsets[k] : offsets[k + 1]].reshape(weights[k].shape)
             out[name] = matrix[np.ix_(r, c)].reshape(-1)
         return out
 
@@ -437,43 +485,73 @@ def measure_run(task_name: str, optimizer_name: str, seed: int, settings: dict[s
             recorder.remove()
             kfac = recorder.factors()
             fresh = torch.Generator().manual_seed(1_000_003 * (seed + 1) + step)
-            draws = [blocks_of(flat_gradient(
-                task.loss(model, task.sample_batch(fresh, batch_size), fresh), weights))
-                for _ in range(settings["minibatches"])]
-            checkpoints.append({
-                "step": step, "loss": full_loss, "layers": {
-                    name: covariance_structure(
-                        np.stack([draw[name] for draw in draws]), len(blocks[name][0]),
-                        len(blocks[name][1]), kfac=kfac[name], seed=seed)
-                    for name in blocks}})
+            draws = [
+                blocks_of(
+                    flat_gradient(
+                        task.loss(model, task.sample_batch(fresh, batch_size), fresh), weights
+                    )
+                )
+                for _ in range(settings["minibatches"])
+            ]
+            checkpoints.append(
+                {
+                    "step": step,
+                    "loss": full_loss,
+                    "layers": {
+                        name: covariance_structure(
+                            np.stack([draw[name] for draw in draws]),
+                            len(blocks[name][0]),
+                            len(blocks[name][1]),
+                            kfac=kfac[name],
+                            seed=seed,
+                        )
+                        for name in blocks
+                    },
+                }
+            )
     drift = {}
     for name in blocks:
         increments = np.diff(np.stack([e[name] for e in exact]), axis=0)
-        drift[name] = covariance_structure(increments, len(blocks[name][0]),
-                                           len(blocks[name][1]), kfac=kfac[name], seed=seed)
+        drift[name] = covariance_structure(
+            increments, len(blocks[name][0]), len(blocks[name][1]), kfac=kfac[name], seed=seed
+        )
     return {
-        "task": task_name, "optimizer": optimizer_name, "seed": seed, "lr": lr,
+        "task": task_name,
+        "optimizer": optimizer_name,
+        "seed": seed,
+        "lr": lr,
         "batch_size": batch_size,
-        "blocks": {name: {"shape": list(modules[name].weight.shape), "rows": r.tolist(),
-                          "cols": c.tolist()} for name, (r, c) in blocks.items()},
+        "blocks": {
+            name: {
+                "shape": list(modules[name].weight.shape),
+                "rows": r.tolist(),
+                "cols": c.tolist(),
+            }
+            for name, (r, c) in blocks.items()
+        },
         "checkpoints": checkpoints,
-        "drift": {"steps": [drift_from + 1, steps], "increments": len(exact) - 1,
-                  "layers": drift},
+        "drift": {"steps": [drift_from + 1, steps], "increments": len(exact) - 1, "layers": drift},
     }
 
 
 # ----------------------------------------------------------------------------- report
 COLUMNS = (
-    ("offdiag_share", "off-diag share"), ("offdiag_share_floor", "floor"),
-    ("offdiag_share_shuffled", "shuffled"), ("offdiag_share_debiased", "debiased"),
-    ("effective_rank", "eff. rank"), ("effective_rank_shuffled", "eff. rank shuffled"),
-    ("correlation_top_eigenvalue", "λmax(R)"), ("marchenko_pastur_edge", "MP edge"),
-    ("error_diagonal", "err diag"), ("error_kronecker", "err Kron"),
+    ("offdiag_share", "off-diag share"),
+    ("offdiag_share_floor", "floor"),
+    ("offdiag_share_shuffled", "shuffled"),
+    ("offdiag_share_debiased", "debiased"),
+    ("effective_rank", "eff. rank"),
+    ("effective_rank_shuffled", "eff. rank shuffled"),
+    ("correlation_top_eigenvalue", "λmax(R)"),
+    ("marchenko_pastur_edge", "MP edge"),
+    ("error_diagonal", "err diag"),
+    ("error_kronecker", "err Kron"),
     ("error_kronecker_floor", "err Kron floor"),
     ("error_kronecker_basis", "err Kron basis"),
     ("error_kronecker_basis_floor", "err Kron basis floor"),
     ("error_moment_basis", "err basis of moments"),
-    ("error_diagonal_plus_kronecker", "err diag+Kron"), ("error_kfac", "err K-FAC"),
+    ("error_diagonal_plus_kronecker", "err diag+Kron"),
+    ("error_kfac", "err K-FAC"),
 )
 
 
@@ -486,13 +564,22 @@ def summary_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 key = (run["task"], run["optimizer"], layer, f"noise@{checkpoint['step']}")
                 groups.setdefault(key, []).append(values)
         for layer, values in run["drift"]["layers"].items():
-            key = (run["task"], run["optimizer"], layer,
-                   "drift@{}-{}".format(*run["drift"]["steps"]))
+            key = (
+                run["task"],
+                run["optimizer"],
+                layer,
+                "drift@{}-{}".format(*run["drift"]["steps"]),
+            )
             groups.setdefault(key, []).append(values)
     rows = []
     for (task, optimizer, layer, what), entries in groups.items():
-        row = {"task": task, "optimizer": optimizer, "layer": layer, "what": what,
-               "seeds": len(entries)}
+        row = {
+            "task": task,
+            "optimizer": optimizer,
+            "layer": layer,
+            "what": what,
+            "seeds": len(entries),
+        }
         for key, _ in COLUMNS:
             row[key] = float(np.mean([e[key] for e in entries if key in e]))
         rows.append(row)
@@ -503,8 +590,11 @@ def print_table(rows: list[dict[str, Any]]) -> str:
     header = "| task | opt | layer | what | " + " | ".join(label for _, label in COLUMNS) + " |"
     lines = [header, "|" + "---|" * (4 + len(COLUMNS))]
     for row in rows:
-        lines.append(f"| {row['task']} | {row['optimizer']} | {row['layer']} | {row['what']} | "
-                     + " | ".join(f"{row[key]:.3g}" for key, _ in COLUMNS) + " |")
+        lines.append(
+            f"| {row['task']} | {row['optimizer']} | {row['layer']} | {row['what']} | "
+            + " | ".join(f"{row[key]:.3g}" for key, _ in COLUMNS)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -524,24 +614,35 @@ SPREAD = (
     ("error_moment_basis", "err basis of moments (eigenbases of E[E Eᵀ], E[Eᵀ E])"),
     ("error_diagonal_plus_kronecker", "err diag+Kron"),
     ("error_kfac", "err K-FAC (scaled G ⊗ A)"),
-    ("error_kronecker_diagonal",
-     "err of diag(U) ⊗ diag(V) (a rank-one diagonal, Adafactor-like)"),
+    ("error_kronecker_diagonal", "err of diag(U) ⊗ diag(V) (a rank-one diagonal, Adafactor-like)"),
 )
 
 #: Counts over the per-seed covariances: (label, predicate on one covariance's metrics).
 COUNTS = (
-    ("off-diag share above twice its floor",
-     lambda m: m["offdiag_share"] > 2 * m["offdiag_share_floor"]),
-    ("err Kron within twice its floor",
-     lambda m: m["error_kronecker"] <= 2 * m["error_kronecker_floor"]),
-    ("err Kron basis within twice its floor",
-     lambda m: m["error_kronecker_basis"] <= 2 * m["error_kronecker_basis_floor"]),
-    ("err basis of moments within twice the err Kron basis floor",
-     lambda m: m["error_moment_basis"] <= 2 * m["error_kronecker_basis_floor"]),
-    ("err Kron basis <= err Kron",
-     lambda m: m["error_kronecker_basis"] <= m["error_kronecker"] + 1e-12),
-    ("err basis of moments below err Kron",
-     lambda m: m["error_moment_basis"] < m["error_kronecker"]),
+    (
+        "off-diag share above twice its floor",
+        lambda m: m["offdiag_share"] > 2 * m["offdiag_share_floor"],
+    ),
+    (
+        "err Kron within twice its floor",
+        lambda m: m["error_kronecker"] <= 2 * m["error_kronecker_floor"],
+    ),
+    (
+        "err Kron basis within twice its floor",
+        lambda m: m["error_kronecker_basis"] <= 2 * m["error_kronecker_basis_floor"],
+    ),
+    (
+        "err basis of moments within twice the err Kron basis floor",
+        lambda m: m["error_moment_basis"] <= 2 * m["error_kronecker_basis_floor"],
+    ),
+    (
+        "err Kron basis <= err Kron",
+        lambda m: m["error_kronecker_basis"] <= m["error_kronecker"] + 1e-12,
+    ),
+    (
+        "err basis of moments below err Kron",
+        lambda m: m["error_moment_basis"] < m["error_kronecker"],
+    ),
     ("err K-FAC below err diag", lambda m: m["error_kfac"] < m["error_diagonal"]),
 )
 
@@ -551,14 +652,21 @@ def spread_table(runs: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     covariances (every run, checkpoint and layer) and over all drift covariances, and the
     :data:`COUNTS`. Returns the markdown and the same numbers for the JSON."""
     groups = {
-        "noise": [values for run in runs for checkpoint in run["checkpoints"]
-                  for values in checkpoint["layers"].values()],
+        "noise": [
+            values
+            for run in runs
+            for checkpoint in run["checkpoints"]
+            for values in checkpoint["layers"].values()
+        ],
         "drift": [values for run in runs for values in run["drift"]["layers"].values()],
     }
     edges = [m["marchenko_pastur_edge"] for entries in groups.values() for m in entries]
     lines = ["| quantity | noise | drift |", "|---|---|---|"]
-    data: dict[str, Any] = {"covariances": {k: len(v) for k, v in groups.items()},
-                            "min_median_max": {}, "counts": {}}
+    data: dict[str, Any] = {
+        "covariances": {k: len(v) for k, v in groups.items()},
+        "min_median_max": {},
+        "counts": {},
+    }
     for key, label in SPREAD:
         if key == "correlation_top_eigenvalue":
             label += f" (MP edge {min(edges):.4g}–{max(edges):.4g})"
@@ -572,11 +680,14 @@ def spread_table(runs: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
     for label, test in COUNTS:
-        counts = {what: [sum(bool(test(m)) for m in entries), len(entries)]
-                  for what, entries in groups.items()}
+        counts = {
+            what: [sum(bool(test(m)) for m in entries), len(entries)]
+            for what, entries in groups.items()
+        }
         data["counts"][label] = counts
-        lines.append(f"{label}: " + ", ".join(
-            f"{k} of {n} {what}" for what, (k, n) in counts.items()))
+        lines.append(
+            f"{label}: " + ", ".join(f"{k} of {n} {what}" for what, (k, n) in counts.items())
+        )
     return "\n".join(lines), data
 
 
@@ -593,17 +704,25 @@ def plot(rows: list[dict[str, Any]], path: pathlib.Path) -> None:
         labels = [f"{r['optimizer']} {r['layer']}\n{r['what']}" for r in mine]
         x = np.arange(len(mine))
         ax = axes[k, 0]
-        for key, marker in (("offdiag_share", "o"), ("offdiag_share_floor", "_"),
-                            ("offdiag_share_debiased", "x")):
+        for key, marker in (
+            ("offdiag_share", "o"),
+            ("offdiag_share_floor", "_"),
+            ("offdiag_share_debiased", "x"),
+        ):
             ax.plot(x, [r[key] for r in mine], marker, label=key, markersize=8)
         ax.set_title(f"{task}: off-diagonal energy share")
         ax.set_xticks(x, labels, rotation=90, fontsize=6)
         ax.legend(fontsize=7)
         ax = axes[k, 1]
-        for key, marker in (("error_diagonal", "o"), ("error_kronecker", "s"),
-                            ("error_kronecker_floor", "_"), ("error_kronecker_basis", "D"),
-                            ("error_moment_basis", "+"),
-                            ("error_diagonal_plus_kronecker", "^"), ("error_kfac", "x")):
+        for key, marker in (
+            ("error_diagonal", "o"),
+            ("error_kronecker", "s"),
+            ("error_kronecker_floor", "_"),
+            ("error_kronecker_basis", "D"),
+            ("error_moment_basis", "+"),
+            ("error_diagonal_plus_kronecker", "^"),
+            ("error_kfac", "x"),
+        ):
             ax.plot(x, [r[key] for r in mine], marker, label=key, markersize=7)
         ax.set_title(f"{task}: relative Frobenius error of the approximation")
         ax.set_xticks(x, labels, rotation=90, fontsize=6)
@@ -616,8 +735,11 @@ def plot(rows: list[dict[str, Any]], path: pathlib.Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="digits-mlp only, 30 steps, d = 16, M = 64 (the test's run)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="digits-mlp only, 30 steps, d = 16, M = 64 (the test's run)",
+    )
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--tasks", default="digits-mlp,digits-cnn,char-lm")
     parser.add_argument("--out", default="benchmarks/gradient_correlation")
@@ -625,15 +747,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(1)
     started = time.time()
     if args.quick:
-        settings = {"steps": 30, "checkpoints": [5, 30], "rows": 4, "cols": 4,
-                    "minibatches": 64, "drift_window": 24,
-                    "char_lm_true_gradient": {"true_gradient_windows": 32, "chunk_windows": 16}}
+        settings = {
+            "steps": 30,
+            "checkpoints": [5, 30],
+            "rows": 4,
+            "cols": 4,
+            "minibatches": 64,
+            "drift_window": 24,
+            "char_lm_true_gradient": {"true_gradient_windows": 32, "chunk_windows": 16},
+        }
         tasks = ["digits-mlp"]
     else:
         # d = 64: M = 256 = 4d fresh mini-batches; the drift window's 256 increments = 4d
-        settings = {"steps": 300, "checkpoints": [10, 100, 300], "rows": 8, "cols": 8,
-                    "minibatches": 256, "drift_window": 256,
-                    "char_lm_true_gradient": {"true_gradient_windows": 128, "chunk_windows": 64}}
+        settings = {
+            "steps": 300,
+            "checkpoints": [10, 100, 300],
+            "rows": 8,
+            "cols": 8,
+            "minibatches": 256,
+            "drift_window": 256,
+            "char_lm_true_gradient": {"true_gradient_windows": 128, "chunk_windows": 64},
+        }
         tasks = args.tasks.split(",")
     checks = self_check(settings["rows"], settings["cols"], settings["minibatches"])
     print("check of the check:", {k: round(v, 4) for k, v in checks.items()}, flush=True)
@@ -655,11 +789,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     suffix = "_quick" if args.quick else ""
     result = {
-        "command": "python benchmarks/gradient_correlation.py" + (" --quick" if args.quick
-                                                                 else "")
+        "command": "python benchmarks/gradient_correlation.py"
+        + (" --quick" if args.quick else "")
         + f" --seeds {args.seeds} --tasks {','.join(tasks)} --out {args.out}",
-        "settings": settings, "seeds": list(range(args.seeds)), "check_of_the_check": checks,
-        "runs": runs, "summary": rows, "spread": spread_data, "wall_seconds": wall,
+        "settings": settings,
+        "seeds": list(range(args.seeds)),
+        "check_of_the_check": checks,
+        "runs": runs,
+        "summary": rows,
+        "spread": spread_data,
+        "wall_seconds": wall,
         "torch": torch.__version__,
     }
     (out / f"results{suffix}.json").write_text(json.dumps(result, indent=1))

@@ -90,11 +90,13 @@ def test_make_optimizer_builds_every_name_and_rejects_others():
         "FactoredVSGD",
         "CurvatureKalmanVSGD",
         "CurvatureKalmanVSGD",  # curvature-kalman-vsgd-tr: the trust-region step
+        "KroneckerVSGD",
         "VSGD",  # sf-vsgd: VSGD with schedule_free_momentum
         "AdamW",
         "SGD",
         "Adafactor",
         "AdamWScheduleFree",
+        "SOAP",
         "IVON",
     ]
     trust_region = make_optimizer("curvature-kalman-vsgd-tr", layer.parameters(), lr=1e-3)

@@ -20,7 +20,7 @@ from vsgd_bayes.apps.bench.optimizers import (
 from vsgd_bayes.apps.bench.schedules import schedule_factor
 from vsgd_bayes.apps.bench.tasks import make_task
 
-PEERS = ("adafactor", "sf-adamw", "ivon")
+PEERS = ("adafactor", "sf-adamw", "ivon", "soap")
 BENCH = pathlib.Path(runner.__file__).parent
 
 
@@ -293,6 +293,7 @@ def test_every_row_declares_its_family():
         "factored-vsgd",
         "curvature-kalman-vsgd",
         "curvature-kalman-vsgd-tr",
+        "kronecker-vsgd",
         "sf-vsgd",
     }
     # Adafactor's relative step puts its grid 30x (about 1.5 decades) above AdamW's.

@@ -182,6 +182,15 @@ CITING_FILES = {
         "parameter-step",
     },
     "models/curvature.py": {"curvature-model"},
+    "rules/kronecker.py": {
+        "kronecker-rotate",
+        "kronecker-local",
+        "kronecker-step",
+        "kronecker-moments",
+        "kronecker-basis",
+        "kronecker-rotate-state",
+    },
+    "models/kronecker.py": {"kronecker-model"},
     "torch/csrc/curvature_cpu.cpp": {
         "curvature-predict",
         "curvature-innovation",
@@ -196,6 +205,10 @@ CITING_FILES = {
     },
     "validation/curvature.py": {
         "curvature-likelihood", "curvature-sensitivity", "curvature-ratio-score",
+    },
+    "torch/_kronecker_single_tensor.py": {
+        "kronecker-rotate", "kronecker-local", "kronecker-step", "kronecker-moments",
+        "kronecker-basis", "kronecker-rotate-state",
     },
     "torch/_kalman_foreach.py": {
         "kalman-step-variance",
@@ -329,6 +342,7 @@ def test_notation_state_fields_are_state_fields():
     from vsgd_bayes.rules import constant as constant_rule
     from vsgd_bayes.rules import factored as factored_rule
     from vsgd_bayes.rules import kalman as kalman_rule
+    from vsgd_bayes.rules import kronecker as kronecker_rule
     from vsgd_bayes.rules import vsgd as rule
 
     fields = (
@@ -336,6 +350,7 @@ def test_notation_state_fields_are_state_fields():
         | set(constant_rule.ConstantVSGDState._fields)
         | set(kalman_rule.KalmanVSGDState._fields)
         | set(factored_rule.FactoredVSGDState._fields)
+        | set(kronecker_rule.KroneckerState._fields)
     )
     listed = {name for row in _notation_rows() for name in _names(row["state"])}
     assert listed == fields  # every field documented, nothing else

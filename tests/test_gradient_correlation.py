@@ -44,8 +44,7 @@ def test_broken_twin_rearrangement_fails(gc):
     # Without the transpose the "rearrangement" is a plain reshape: it must not recover U (x) V.
     rng = np.random.default_rng(2)
     covariance = np.kron(_spd(rng, 4), _spd(rng, 4))
-    broken = gc.nearest_kronecker(covariance, 4, 4,
-                                  arrange=lambda c, r, k: c.reshape(r * r, k * k))
+    broken = gc.nearest_kronecker(covariance, 4, 4, arrange=lambda c, r, k: c.reshape(r * r, k * k))
     assert gc.relative_error(covariance, np.kron(*broken)) > 0.3
 
 
@@ -98,8 +97,10 @@ def test_diagonal_plus_kronecker_recovers_its_model(gc):
 
 def test_structure_reads_a_diagonal_truth_at_its_floor(gc):
     rng = np.random.default_rng(5)
-    readings = [gc.covariance_structure(rng.normal(size=(256, 64)) * np.linspace(0.5, 2, 64),
-                                        8, 8, seed=k) for k in range(5)]
+    readings = [
+        gc.covariance_structure(rng.normal(size=(256, 64)) * np.linspace(0.5, 2, 64), 8, 8, seed=k)
+        for k in range(5)
+    ]
     share = np.mean([r["offdiag_share"] for r in readings])
     floor = np.mean([r["offdiag_share_floor"] for r in readings])
     assert share == pytest.approx(floor, rel=0.1)
@@ -109,14 +110,26 @@ def test_structure_reads_a_diagonal_truth_at_its_floor(gc):
 def test_quick_run_writes_the_documented_json(gc, tmp_path):
     gc.main(["--quick", "--seeds", "2", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "results_quick.json").read_text())
-    assert {"command", "settings", "seeds", "check_of_the_check", "runs", "summary",
-            "wall_seconds"} <= set(result)
+    assert {
+        "command",
+        "settings",
+        "seeds",
+        "check_of_the_check",
+        "runs",
+        "summary",
+        "spread",
+        "wall_seconds",
+    } <= set(result)
     assert result["seeds"] == [0, 1]
     assert {run["optimizer"] for run in result["runs"]} == {"adamw", "vsgd"}
     run = result["runs"][0]
     assert [c["step"] for c in run["checkpoints"]] == result["settings"]["checkpoints"]
-    keys = {key for key, _ in gc.COLUMNS} | {"dimension", "samples", "participation_ratio",
-                                             "correlation_mean_square"}
+    keys = {key for key, _ in gc.COLUMNS} | {
+        "dimension",
+        "samples",
+        "participation_ratio",
+        "correlation_mean_square",
+    }
     for checkpoint in run["checkpoints"]:
         for values in checkpoint["layers"].values():
             assert keys <= set(values)
@@ -134,11 +147,13 @@ def _orthogonal(rng, n):
 def _basis_errors(gc, covariance, rows, cols):
     """(err Kron, err Kron basis, err basis of moments) of one covariance."""
     u, v = gc.nearest_kronecker(covariance, rows, cols)
-    return (gc.relative_error(covariance, np.kron(u, v)),
-            gc.relative_error(covariance, gc.diagonal_in_basis(
-                covariance, gc.kronecker_basis(u, v))),
-            gc.relative_error(covariance, gc.diagonal_in_basis(
-                covariance, gc.moment_basis(covariance, rows, cols))))
+    return (
+        gc.relative_error(covariance, np.kron(u, v)),
+        gc.relative_error(covariance, gc.diagonal_in_basis(covariance, gc.kronecker_basis(u, v))),
+        gc.relative_error(
+            covariance, gc.diagonal_in_basis(covariance, gc.moment_basis(covariance, rows, cols))
+        ),
+    )
 
 
 def test_partial_traces_of_a_kronecker_product(gc):
@@ -177,8 +192,7 @@ def test_kronecker_basis_family_is_strictly_larger_than_kronecker(gc):
     kron, kron_basis, moments = _basis_errors(gc, covariance, 8, 8)
     singular = np.linalg.svd(d, compute_uv=False)
     # err Kron is the relative rank-one error of d
-    assert kron == pytest.approx(np.sqrt(np.sum(singular[1:] ** 2) / np.sum(singular**2)),
-                                 rel=1e-9)
+    assert kron == pytest.approx(np.sqrt(np.sum(singular[1:] ** 2) / np.sum(singular**2)), rel=1e-9)
     assert kron > 0.01
     assert moments < 1e-10
     # U is diagonal in Q_U with the (distinct, Perron) top singular vector of d as eigenvalues
@@ -191,8 +205,9 @@ def test_broken_moment_basis_twins_fail(gc):
     rng = np.random.default_rng(9)
     u, v = _spd(rng, 8), _spd(rng, 8)
     covariance = np.kron(u, v)
-    swapped = gc.moment_basis(covariance, 8, 8,
-                              moments=lambda c, r, k: gc.partial_traces(c, r, k)[::-1])
+    swapped = gc.moment_basis(
+        covariance, 8, 8, moments=lambda c, r, k: gc.partial_traces(c, r, k)[::-1]
+    )
     assert gc.relative_error(covariance, gc.diagonal_in_basis(covariance, swapped)) > 0.1
     reversed_order = gc.kronecker_basis(*gc.partial_traces(covariance, 8, 8)[::-1])
     # kronecker_basis(V, U) = Q_V (x) Q_U: the same swap at the other end
@@ -214,8 +229,10 @@ def test_kronecker_basis_error_never_exceeds_kronecker_error(gc):
         kron, kron_basis, _ = _basis_errors(gc, covariance, rows, cols)
         assert kron_basis <= kron + 1e-12
         # and on a sample covariance with a Kronecker part, as measured
-        samples = rng.normal(size=(4 * rows * cols, rows * cols)) @ np.linalg.cholesky(
-            np.kron(_spd(rng, rows), _spd(rng, cols)) + covariance).T
+        samples = (
+            rng.normal(size=(4 * rows * cols, rows * cols))
+            @ np.linalg.cholesky(np.kron(_spd(rng, rows), _spd(rng, cols)) + covariance).T
+        )
         kron, kron_basis, _ = _basis_errors(gc, np.cov(samples, rowvar=False), rows, cols)
         assert kron_basis <= kron + 1e-12
 

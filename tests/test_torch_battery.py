@@ -25,7 +25,14 @@ from typing import Any
 import pytest
 import torch
 
-from vsgd_bayes.torch import VSGD, ConstantVSGD, CurvatureKalmanVSGD, FactoredVSGD, KalmanVSGD
+from vsgd_bayes.torch import (
+    VSGD,
+    ConstantVSGD,
+    CurvatureKalmanVSGD,
+    FactoredVSGD,
+    KalmanVSGD,
+    KroneckerVSGD,
+)
 
 
 @dataclass(frozen=True)
@@ -252,6 +259,39 @@ ROWS["CurvatureKalmanVSGD"] = OptimizerRow(
                        step_variance="posterior", curvature_step="trust_region"),
     prior_scale_in_state=False,
     positive_state_index=3,  # gradient_variance P_gg = P^-_gg / S~ > 0 (curvature_mean is signed)
+)
+#: No foreach or fused path (per-parameter matrix products): ``foreach`` runs the single-tensor
+#: loop, so only that path is listed; ``basis_update_every=1`` refreshes at every step.
+ROWS["KroneckerVSGD"] = OptimizerRow(
+    cls=KroneckerVSGD,
+    inputs=(
+        dict(),
+        dict(lr=0.3, weight_decay=0.1, maximize=True, basis_update_every=1),
+        dict(lr=0.05, weight_decay=0.1, schedule_free_momentum=0.9, basis_update_every=2),
+        dict(init="paper", prior_strength=1e-5, variance_ratio=4.0, kappa1=0.6, kappa2=1.0,
+             eps=0.0, max_basis_dim=3),
+    ),
+    construction_errors=COMMON_CONSTRUCTION_ERRORS + (
+        (dict(kappa1=0.5), ValueError, r"Invalid kappa1: 0\.5 \(must be in \(0\.5, 1\]\)"),
+        (dict(basis_update_every=0), ValueError,
+         r"Invalid basis_update_every: 0 \(must be an integer >= 1\)"),
+        (dict(max_basis_dim=1.5), ValueError,
+         r"Invalid max_basis_dim: 1\.5 \(must be an integer >= 1\)"),
+        (dict(fused=True), TypeError, r"unexpected keyword argument 'fused'"),
+    ),
+    step_errors=COMMON_STEP_ERRORS + (
+        StepError("kappa2", 0.3, ValueError, r"Invalid kappa2: 0\.3"),
+        StepError("basis_update_every", -1, ValueError, r"Invalid basis_update_every: -1"),
+        # the state of a stepped (2, 2) parameter holds 2 x 2 bases
+        StepError("max_basis_dim", 1, ValueError,
+                  r"Invalid max_basis_dim: 1 for parameter 0 of param group 1"),
+    ),
+    paths=("single_tensor",),
+    state_keys=("step", "gradient_mean", "drift_rate", "noise_rate", "row_basis", "col_basis",
+                "row_moment", "col_moment"),
+    group_options=dict(lr=0.03, prior_strength=1e-4, variance_ratio=3.0, kappa1=0.6,
+                       kappa2=0.99, weight_decay=0.1, eps=0.0, init="paper",
+                       basis_update_every=2, max_basis_dim=3),
 )
 ROW_IDS = list(ROWS)
 ROW_PATHS = [(name, path) for name, row in ROWS.items() for path in row.paths]

@@ -10,6 +10,8 @@ One module per method, the shared per-leaf plumbing in ``_common``:
 * :mod:`vsgd_bayes.optax.curvature`: :func:`scale_by_curvature_kalman_vsgd` and
   :func:`curvature_kalman_vsgd` (whose ``update`` needs ``params``: the model's input is the
   displacement of the point at which each gradient was taken).
+* :mod:`vsgd_bayes.optax.kronecker`: :func:`scale_by_kronecker_vsgd` and :func:`kronecker_vsgd`
+  (VSGD in the eigenbasis of each 2-D leaf's noise Kronecker factors).
 
 Example:
     >>> import jax.numpy as jnp, optax
@@ -35,6 +37,11 @@ from vsgd_bayes.optax.factored import (
     scale_by_factored_vsgd,
 )
 from vsgd_bayes.optax.kalman import ScaleByKalmanVSGDState, kalman_vsgd, scale_by_kalman_vsgd
+from vsgd_bayes.optax.kronecker import (
+    ScaleByKroneckerVSGDState,
+    kronecker_vsgd,
+    scale_by_kronecker_vsgd,
+)
 from vsgd_bayes.optax.vsgd import ScaleByVSGDState, scale_by_vsgd, vsgd
 
 __all__ = [
@@ -50,4 +57,7 @@ __all__ = [
     "ScaleByCurvatureKalmanVSGDState",
     "scale_by_curvature_kalman_vsgd",
     "curvature_kalman_vsgd",
+    "ScaleByKroneckerVSGDState",
+    "scale_by_kronecker_vsgd",
+    "kronecker_vsgd",
 ]

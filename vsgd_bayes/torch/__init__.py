@@ -1,5 +1,5 @@
 """PyTorch front end of VSGD: the optimizers ``VSGD``, ``ConstantVSGD``, ``KalmanVSGD``,
-``FactoredVSGD`` and ``CurvatureKalmanVSGD``.
+``FactoredVSGD``, ``CurvatureKalmanVSGD`` and ``KroneckerVSGD``.
 
 This subpackage imports torch but never JAX. The update is the one of :mod:`vsgd_bayes.rules.vsgd`
 (ported line by line in ``_single_tensor.py``, tested for float64 parity with it), with
@@ -20,6 +20,7 @@ from vsgd_bayes.torch.constant import ConstantVSGD
 from vsgd_bayes.torch.curvature import CurvatureKalmanVSGD, CurvaturePosterior
 from vsgd_bayes.torch.factored import FactoredVSGD
 from vsgd_bayes.torch.kalman import KalmanVSGD
+from vsgd_bayes.torch.kronecker import KroneckerVSGD
 from vsgd_bayes.torch.vsgd import VSGD, GradientPosterior, state_dtype
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "KalmanVSGD",
     "FactoredVSGD",
     "CurvatureKalmanVSGD",
+    "KroneckerVSGD",
     "CurvaturePosterior",
     "GradientPosterior",
     "state_dtype",

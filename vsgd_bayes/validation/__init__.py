@@ -11,6 +11,9 @@ One harness (:mod:`~vsgd_bayes.validation.harness`) and one module of checks per
 * :mod:`~vsgd_bayes.validation.curvature`: Curvature Kalman VSGD's 2 x 2 filter, tangents and
   online estimates against a dense Gaussian posterior, ``jax.jvp``, offline maximum likelihood
   and streams simulated from its NumPyro model.
+* :mod:`~vsgd_bayes.validation.kronecker`: Kronecker VSGD's local posterior against the dense
+  Gaussian conditional of its model, its basis refresh against a dense rotation of its state,
+  the recovery of U's and V's eigenvectors from a matrix-normal stream, and its VSGD limit.
 
 Every check has a deliberately broken twin in the tests that it must report as failed.
 :data:`METHODS` is the registry that ``vsgd-bayes validate`` runs: a new method adds its
@@ -24,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
-from vsgd_bayes.validation import curvature, factored, kalman, vsgd
+from vsgd_bayes.validation import curvature, factored, kalman, kronecker, vsgd
 from vsgd_bayes.validation.harness import CheckResult, checked_run_arguments, format_table
 from vsgd_bayes.validation.vsgd import CHECKS, TOLERANCES, Updates, draw_cases, run_checks
 
@@ -42,6 +45,7 @@ __all__ = [
     "curvature",
     "factored",
     "kalman",
+    "kronecker",
     "vsgd",
 ]
 
@@ -74,5 +78,10 @@ METHODS: dict[str, ValidatedMethod] = {
         "references",
         curvature.run_checks,
         "curvature_checks",
+    ),
+    "kronecker-vsgd": ValidatedMethod(
+        "Kronecker VSGD: local posterior, basis refresh, basis recovery and the VSGD limit",
+        kronecker.run_checks,
+        "kronecker_checks",
     ),
 }

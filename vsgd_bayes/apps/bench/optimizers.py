@@ -24,8 +24,9 @@ CLI's ``--optimizers`` and the tables pick it up.
 :mod:`vsgd_bayes.torch` (imported only when built, so that the baselines run without it); the
 baselines are torch's ``AdamW`` and ``SGD`` with heavy-ball momentum 0.9; the peers a user
 would pick instead are torch's ``Adafactor``, Schedule-Free AdamW
-(``schedulefree.AdamWScheduleFree``) and IVON (``ivon.IVON`` from ``ivon-opt``), the last two
-from the ``bench`` extra (imported only when built). Every optimizer takes the same
+(``schedulefree.AdamWScheduleFree``), IVON (``ivon.IVON`` from ``ivon-opt``) and, where a
+user would reach for structure, SOAP (``pytorch_optimizer.SOAP`` from ``pytorch-optimizer``),
+the last three from the ``bench`` extra (imported only when built). Every optimizer takes the same
 ``weight_decay`` (decoupled for the VSGD family, AdamW, Adafactor and Schedule-Free AdamW, L2
 for SGD, as each is usually run); IVON's is its prior precision, see :func:`_ivon`.
 
@@ -137,7 +138,10 @@ def _family_builder(class_name: str) -> Callable[..., torch.optim.Optimizer]:
     protocol's ``weight_decay`` (decoupled)."""
 
     def build(
-        params: Iterable[Any], lr: float, weight_decay: float, run: RunInfo | None = None,
+        params: Iterable[Any],
+        lr: float,
+        weight_decay: float,
+        run: RunInfo | None = None,
         **options,
     ) -> torch.optim.Optimizer:
         # Imported lazily: the baselines must run even where vsgd_bayes.torch is unavailable.
@@ -154,6 +158,7 @@ _constant_vsgd = _family_builder("ConstantVSGD")
 _kalman_vsgd = _family_builder("KalmanVSGD")
 _factored_vsgd = _family_builder("FactoredVSGD")
 _curvature_kalman_vsgd = _family_builder("CurvatureKalmanVSGD")
+_kronecker_vsgd = _family_builder("KroneckerVSGD")
 
 
 def _curvature_trust_region(
@@ -228,6 +233,18 @@ SCHEDULE_FREE_MOMENTUM = 0.9
 IVON_PRIOR_PRECISION = 1e-4
 
 
+def _soap(
+    params: Iterable[Any], lr: float, weight_decay: float, run: RunInfo | None = None, **options
+) -> torch.optim.Optimizer:
+    from pytorch_optimizer import SOAP
+
+    # Its defaults otherwise (pytorch-optimizer 4.1.0): betas (0.95, 0.95), eigenbases of the
+    # gradient's Kronecker factors refreshed every 10 steps, sides up to 10,000, 1-D tensors
+    # unpreconditioned, Adam's bias correction. Its default weight decay (0.01) is replaced by
+    # the protocol's, as for every row.
+    return SOAP(params, lr=lr, weight_decay=weight_decay, **options)
+
+
 def _ivon(
     params: Iterable[Any], lr: float, weight_decay: float, run: RunInfo | None = None, **options
 ) -> torch.optim.Optimizer:
@@ -267,9 +284,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     # Kalman VSGD takes VSGD's step (|step| < lr) with another inference: VSGD's grid.
     "kalman-vsgd": OptimizerSpec("KalmanVSGD", _kalman_vsgd, log_grid(1e-3), family="vsgd"),
     # Factored VSGD takes VSGD's step with shared precisions: VSGD's grid.
-    "factored-vsgd": OptimizerSpec(
-        "FactoredVSGD", _factored_vsgd, log_grid(1e-3), family="vsgd"
-    ),
+    "factored-vsgd": OptimizerSpec("FactoredVSGD", _factored_vsgd, log_grid(1e-3), family="vsgd"),
     # Curvature Kalman VSGD (issue 19) takes VSGD's step (|step| <= lr) with the
     # step-following model's posterior: VSGD's grid; "-tr" rates it by the curvature posterior
     # within a trust region of radius lr (so its rates are at most lr): the same grid.
@@ -278,6 +293,11 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     ),
     "curvature-kalman-vsgd-tr": OptimizerSpec(
         "CurvatureKalmanVSGD-TR", _curvature_trust_region, log_grid(1e-3), family="vsgd"
+    ),
+    # Kronecker VSGD (issue 21) takes VSGD's step in a rotated basis: |step| per coordinate of
+    # the basis < lr, the same norm bound: VSGD's grid.
+    "kronecker-vsgd": OptimizerSpec(
+        "KroneckerVSGD", _kronecker_vsgd, log_grid(1e-3), family="vsgd"
     ),
     # VSGD's step, Schedule-Free: gradients at y, evaluated at the average x (issue 23: the
     # averaged iterate carried most of SF-AdamW's lead on digits-vae). Its own schedule:
@@ -300,6 +320,9 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         set_mode=_schedule_free_mode,
         schedule="warmup",
     ),
+    # SOAP (Vyas et al. 2024): Adam in the eigenbasis of Shampoo's factors, the structured
+    # baseline of issue 21; its step is Adam's (|step| <~ lr): AdamW's grid.
+    "soap": OptimizerSpec("SOAP", _soap, log_grid(1e-4)),
     "ivon": OptimizerSpec(
         "IVON",
         _ivon,
