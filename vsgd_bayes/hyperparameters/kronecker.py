@@ -21,8 +21,8 @@ from vsgd_bayes.hyperparameters.vsgd import DEFAULTS as VSGD_DEFAULTS
 
 __all__ = ["DEFAULTS", "validate_hyperparameters", "structured_sides"]
 
-#: Defaults of Kronecker VSGD, chosen here (no published code has this method): VSGD's values,
-#: the authors', so that a user who swaps VSGD for it changes only the basis;
+#: Defaults of Kronecker VSGD, chosen here since no published code has this method. VSGD's
+#: values, the authors', so that a user who swaps VSGD for it changes only the basis;
 #: ``basis_update_every`` 10, SOAP's default preconditioning frequency (Vyas et al. 2024, the
 #: optimizer with the same basis and refresh); ``max_basis_dim`` 2048: a 2048 x 2048
 #: eigendecomposition every 10 steps is a few percent of a step of the layers that size on a
