@@ -11,13 +11,9 @@ from scipy import stats
 
 from vsgd_bayes.models import kronecker as model
 from vsgd_bayes.models import vsgd as vsgd_model
+from vsgd_bayes.validation.harness import random_orthogonal
 
 ROWS, COLUMNS = 3, 4
-
-
-def _orthogonal(rng, size):
-    q, r = np.linalg.qr(rng.normal(size=(size, size)))
-    return q * np.sign(np.diag(r))
 
 
 def _values(seed_value=0):
@@ -28,8 +24,8 @@ def _values(seed_value=0):
         g=rng.normal(size=ROWS * COLUMNS),
         w_g=rng.gamma(2.0, 1.0, size=(ROWS, COLUMNS)),
         w_ghat=rng.gamma(2.0, 1.0, size=(ROWS, COLUMNS)),
-        row_basis=_orthogonal(rng, ROWS),
-        col_basis=_orthogonal(rng, COLUMNS),
+        row_basis=random_orthogonal(rng, ROWS),
+        col_basis=random_orthogonal(rng, COLUMNS),
     )
 
 

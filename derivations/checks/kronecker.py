@@ -9,12 +9,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from vsgd_bayes.validation.harness import random_orthogonal
+
 M, N = 4, 3
-
-
-def _orthogonal(rng, size):
-    q, r = np.linalg.qr(rng.normal(size=(size, size)))
-    return q * np.sign(np.diag(r))
 
 
 def _spd(rng, size):
@@ -48,7 +45,7 @@ def check_rate_rotation_is_the_dense_diagonal_and_keeps_the_sum():
     # (eq:kronecker-rotate-state): P o P is doubly stochastic for orthogonal P, and
     # (P_L o P_L) b (P_R o P_R)^T is the diagonal of P diag(vec b) P^T, P = P_L (x) P_R.
     rng = np.random.default_rng(2)
-    p_l, p_r = _orthogonal(rng, M), _orthogonal(rng, N)
+    p_l, p_r = random_orthogonal(rng, M), random_orthogonal(rng, N)
     for p in (p_l, p_r):
         assert np.allclose((p**2).sum(axis=0), 1.0, atol=1e-14)
         assert np.allclose((p**2).sum(axis=1), 1.0, atol=1e-14)
@@ -64,7 +61,7 @@ def check_rotation_has_unit_jacobian():
     # (eq:kronecker-model) -> (eq:kronecker-rotate): the MVN density in the original
     # coordinates equals the product of the normals of the rotated coordinates.
     rng = np.random.default_rng(3)
-    left, right = _orthogonal(rng, M), _orthogonal(rng, N)
+    left, right = random_orthogonal(rng, M), random_orthogonal(rng, N)
     q = np.kron(left, right)
     w = rng.gamma(2.0, 1.0, size=M * N)
     mean, x = rng.normal(size=M * N), rng.normal(size=M * N)

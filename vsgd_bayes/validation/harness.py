@@ -21,6 +21,7 @@ __all__ = [
     "format_table",
     "log_uniform",
     "signed_log_uniform",
+    "random_orthogonal",
 ]
 
 
@@ -98,3 +99,10 @@ def log_uniform(rng: np.random.Generator, low: float, high: float, size: int) ->
 def signed_log_uniform(rng: np.random.Generator, low: float, high: float, size: int) -> np.ndarray:
     """:func:`log_uniform` draws with a random sign each."""
     return rng.choice([-1.0, 1.0], size) * log_uniform(rng, low, high, size)
+
+
+def random_orthogonal(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A random orthogonal (size x size) matrix: the Q of a Gaussian matrix's QR, with R's
+    diagonal made positive (Haar-distributed)."""
+    q, r = np.linalg.qr(rng.normal(size=(size, size)))
+    return q * np.sign(np.diag(r))

@@ -31,6 +31,7 @@ from vsgd_bayes.validation.harness import (
     CheckResult,
     checked_run_arguments,
     log_uniform,
+    random_orthogonal,
     signed_log_uniform,
     worst_case_result,
 )
@@ -62,11 +63,6 @@ class Updates(NamedTuple):
     posterior_update: Callable = rule.posterior_update
 
 
-def _orthogonal(rng, size):
-    q, r = np.linalg.qr(rng.normal(size=(size, size)))
-    return q * np.sign(np.diag(r))
-
-
 def _check_refresh_keeps_mean(seed: int, cases: int, updates: Updates) -> CheckResult:
     rng = np.random.default_rng(seed + 11)
     errors = []
@@ -81,8 +77,8 @@ def _check_refresh_keeps_mean(seed: int, cases: int, updates: Updates) -> CheckR
             noise_rate=jnp.asarray(
                 log_uniform(rng, 1e-3, 1e3, ROWS * COLUMNS).reshape(ROWS, COLUMNS)
             ),
-            row_basis=jnp.asarray(_orthogonal(rng, ROWS)),
-            col_basis=jnp.asarray(_orthogonal(rng, COLUMNS)),
+            row_basis=jnp.asarray(random_orthogonal(rng, ROWS)),
+            col_basis=jnp.asarray(random_orthogonal(rng, COLUMNS)),
             row_moment=jnp.asarray(moments[0] @ moments[0].T),
             col_moment=jnp.asarray(moments[1] @ moments[1].T),
         )
@@ -174,8 +170,8 @@ def _check_local_optimum(seed: int, cases: int, updates: Updates) -> CheckResult
             gradient_mean=jnp.asarray(rng.normal(size=shape)),
             drift_rate=rates(),
             noise_rate=rates(),
-            row_basis=jnp.asarray(_orthogonal(rng, ROWS)),
-            col_basis=jnp.asarray(_orthogonal(rng, COLUMNS)),
+            row_basis=jnp.asarray(random_orthogonal(rng, ROWS)),
+            col_basis=jnp.asarray(random_orthogonal(rng, COLUMNS)),
             row_moment=jnp.zeros((ROWS, ROWS)),
             col_moment=jnp.zeros((COLUMNS, COLUMNS)),
         )
@@ -212,7 +208,7 @@ _RECOVERY_SIZES = (6, 4)
 
 def _spd_with_spread_eigenvalues(rng, size):
     # Eigenvalues 1.6x apart, so that each eigenvector is identified (distinct eigenvalues).
-    eigenvectors = _orthogonal(rng, size)
+    eigenvectors = random_orthogonal(rng, size)
     return (eigenvectors * 1.6 ** np.arange(size)) @ eigenvectors.T
 
 
