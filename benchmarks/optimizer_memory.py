@@ -1,9 +1,11 @@
 """Optimizer state memory: measured from ``state_dict()`` tensors, and computed from each
 optimizer's state layout for the scaling figure.
 
-Optimizers: torch's Adam and Adafactor, VSGD, KalmanVSGD, FactoredVSGD and CurvatureKalmanVSGD
-(float32 parameters). Measured: one step creates the state; the bytes of every tensor in
-``optimizer.state_dict()["state"]`` (step counters included) over the parameters' bytes, on
+Optimizers: torch's Adam and Adafactor, VSGD, KalmanVSGD, FactoredVSGD, CurvatureKalmanVSGD,
+KroneckerVSGD and the structured peer SOAP (``pytorch_optimizer.SOAP``, defaults; float32
+parameters). Measured: one step creates the state; the bytes of every tensor in
+``optimizer.state_dict()["state"]`` (step counters included; the tensors of a list too, as
+SOAP keeps its factors) over the parameters' bytes, on
 ResNet-18's shapes (11.7M values in 62 tensors) and on 4 x 4096^2 (67M). Computed: the same
 count from the layout of each optimizer's state (:func:`state_values`), checked against the
 measurement on both shape sets (the script exits non-zero on a mismatch), then evaluated for
@@ -31,7 +33,21 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from step_time import resnet18_shapes  # noqa: E402
 
-from vsgd_bayes.torch import VSGD, CurvatureKalmanVSGD, FactoredVSGD, KalmanVSGD  # noqa: E402
+from vsgd_bayes.hyperparameters.kronecker import structured_sides  # noqa: E402
+from vsgd_bayes.torch import (  # noqa: E402
+    VSGD,
+    CurvatureKalmanVSGD,
+    FactoredVSGD,
+    KalmanVSGD,
+    KroneckerVSGD,
+)
+
+
+def _soap(params):
+    from pytorch_optimizer import SOAP
+
+    return SOAP(params, lr=1e-3)
+
 
 OPTIMIZERS = {
     "Adam": lambda params: torch.optim.Adam(params, lr=1e-3),
@@ -40,9 +56,16 @@ OPTIMIZERS = {
     "KalmanVSGD": lambda params: KalmanVSGD(params, lr=1e-3),
     "FactoredVSGD": lambda params: FactoredVSGD(params, lr=1e-3),
     "CurvatureKalmanVSGD": lambda params: CurvatureKalmanVSGD(params, lr=1e-3),
+    "KroneckerVSGD": lambda params: KroneckerVSGD(params, lr=1e-3),
+    "SOAP": _soap,
 }
 
-#: Each step counter is one 0-dim float32 tensor per parameter in every optimizer here.
+#: SOAP's (pytorch-optimizer 4.1.0) default ``max_precondition_dim``: a longer side keeps no
+#: factor.
+SOAP_MAX_PRECONDITION_DIM = 10000
+
+#: Each step counter is one 0-dim float32 tensor per parameter in every optimizer here but
+#: SOAP, which counts its steps in the parameter group.
 STEP_VALUES = 1
 
 
@@ -54,6 +77,12 @@ def state_values(name: str, shape: tuple[int, ...]) -> int:
     matrix view (m, n) = (shape[0], N / shape[0]) of a tensor of rank >= 2, 2N for a vector
     (one per coordinate). CurvatureKalmanVSGD: m_g, m_h, P_gg, P_gh, P_hh, r, ln lambda_g,
     ln lambda_h, the 2 x 5 tangents, the 2 informations and the previous point (21N).
+    KroneckerVSGD: mu~, b~_g, b~_ghat in the basis (3N) and, for each structured side of a
+    2-D tensor (length 2 .. ``max_basis_dim`` = 2048, ``structured_sides``), its basis and its
+    moment (2 m^2 for the rows, 2 n^2 for the columns); an unstructured side keeps two empty
+    (0, 0) tensors. SOAP (pytorch-optimizer 4.1.0, defaults): exp_avg, exp_avg_sq (2N) and,
+    for a tensor of rank >= 2, the Gram factor GG and eigenbasis Q of every dimension of length
+    <= 10000 (2 d^2 per dimension d; a vector keeps none), no step counter.
     Adafactor (torch 2.13): for rank >= 2, row_var (shape[:-1]) and
     col_var (shape[:-2] + shape[-1:]), i.e. factored over the last two dimensions; for a vector
     the full variance (N). Plus the step counter.
@@ -73,6 +102,12 @@ def state_values(name: str, shape: tuple[int, ...]) -> int:
             values = numel + 2 * (rows + (numel // rows if rows else 0))
         else:
             values = numel + 2 * numel
+    elif name == "KroneckerVSGD":
+        rows, cols = structured_sides(tuple(shape))
+        values = 3 * numel + (2 * shape[0] ** 2 if rows else 0) + (2 * shape[1] ** 2 if cols else 0)
+    elif name == "SOAP":
+        factors = sum(2 * d * d for d in shape if d <= SOAP_MAX_PRECONDITION_DIM)
+        return 2 * numel + (factors if len(shape) >= 2 else 0)
     elif name == "Adafactor":
         if len(shape) >= 2:
             values = math.prod(shape[:-1]) + math.prod(shape[:-2]) * shape[-1]
@@ -81,6 +116,15 @@ def state_values(name: str, shape: tuple[int, ...]) -> int:
     else:
         raise ValueError(f"Invalid name: {name!r} (must be one of {tuple(OPTIMIZERS)})")
     return values + STEP_VALUES
+
+
+def _tensors(value) -> list:
+    """The tensors of one state entry: itself, or those of a (nested) list or tuple."""
+    if torch.is_tensor(value):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _tensors(item)]
+    return []
 
 
 def measured_state_bytes(name: str, shapes: list[tuple[int, ...]]) -> tuple[int, int]:
@@ -92,7 +136,7 @@ def measured_state_bytes(name: str, shapes: list[tuple[int, ...]]) -> tuple[int,
     optimizer.step()
     state = optimizer.state_dict()["state"]
     state_bytes = sum(t.numel() * t.element_size() for entry in state.values()
-                      for t in entry.values() if torch.is_tensor(t))
+                      for value in entry.values() for t in _tensors(value))
     param_bytes = sum(p.numel() * p.element_size() for p in params)
     del optimizer, params, state
     return state_bytes, param_bytes
@@ -137,12 +181,12 @@ def main(argv=None) -> int:
     mismatches = []
     for set_name, rows in table.items():
         print(f"\n{set_name} ({rows['Adam']['param_bytes'] / 2**20:.1f} MiB of parameters)")
-        print(f"{'optimizer':<14} {'state MiB':>10} {'state / params':>15} {'layout':>8}")
+        print(f"{'optimizer':<20} {'state MiB':>10} {'state / params':>15} {'layout':>8}")
         for name, row in rows.items():
             agrees = row["computed_bytes"] == row["state_bytes"]
             if not agrees:
                 mismatches.append((set_name, name, row["computed_bytes"], row["state_bytes"]))
-            print(f"{name:<14} {row['state_bytes'] / 2**20:>10.2f} {row['ratio']:>15.4f} "
+            print(f"{name:<20} {row['state_bytes'] / 2**20:>10.2f} {row['ratio']:>15.4f} "
                   f"{'=' if agrees else 'DIFFERS':>8}")
     sizes = [int(10 ** (5 + k / 4)) for k in range(13)]  # 1e5 .. 1e8
     curves = scaling(sizes)

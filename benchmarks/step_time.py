@@ -5,8 +5,11 @@ to, on shared parameters and state), ``VSGD(params)`` with its default flags (th
 as a user constructs it, with its own state; the path it picked is printed), Kalman VSGD
 single-tensor / foreach (its own state), Factored VSGD single-tensor / foreach (its own
 state), Curvature Kalman VSGD single-tensor / foreach / fused (its own state; fused on CPU
-only), ``torch.optim.Adam`` (foreach=True and fused=True), ``torch.optim.Adafactor``
-(foreach=True) and, when installed, ``pytorch_optimizer.VSGD`` (third party). Rounds are
+only), Kronecker VSGD and the structured peer SOAP (``pytorch_optimizer.SOAP``, defaults but
+``weight_decay=0``; both refresh their eigenbases every 10th step, so one timed call of theirs
+is 10 steps, one refresh included, and its time is reported per step), ``torch.optim.Adam``
+(foreach=True and fused=True), ``torch.optim.Adafactor`` (foreach=True) and, when installed,
+``pytorch_optimizer.VSGD`` (third party). Rounds are
 interleaved in one process (round r runs every path once), so a change in the machine's load
 hits all paths
 alike; we report the minimum and the median per path, and the ratio of minima to fused Adam.
@@ -62,12 +65,44 @@ def resnet18_shapes() -> list[tuple[int, ...]]:
     return shapes + [(1000, 512), (1000,)]
 
 
+#: Steps per timed call of a path that refreshes a basis every this many steps (Kronecker
+#: VSGD's ``basis_update_every`` and SOAP's ``precondition_frequency``, both 10 by default).
+REFRESH_WINDOW = 10
+
+#: SOAP's eigendecompositions of 4096-long sides every 10 steps would take this benchmark's
+#: rounds to hours on a CPU; it is timed on shape sets whose sides are at most this long.
+SOAP_MAX_SIDE = 2048
+
+
 def shape_sets(which: str, quick: bool) -> dict[str, list[tuple[int, ...]]]:
+    """``resnet18``, ``big`` (4 x 4096^2) and ``matrices`` (4 x 1024^2, every side structured
+    by Kronecker VSGD, whose ``max_basis_dim`` is 2048); ``both`` is the first two."""
     side = 1024 if quick else 4096
-    sets = {"resnet18": resnet18_shapes(), "big": [(side, side)] * 4}
+    matrix_side = 128 if quick else 1024
+    sets = {
+        "resnet18": resnet18_shapes(),
+        "big": [(side, side)] * 4,
+        "matrices": [(matrix_side, matrix_side)] * 4,
+    }
     if quick:
         sets["resnet18"] = [s for s in sets["resnet18"] if len(s) == 1] + [(256, 256, 3, 3)]
-    return sets if which == "both" else {which: sets[which]}
+    if which == "all":
+        return sets
+    if which == "both":
+        return {name: sets[name] for name in ("resnet18", "big")}
+    return {which: sets[which]}
+
+
+def windowed(step: Callable[[], None], steps: int) -> Callable[[], None]:
+    """``steps`` consecutive steps as one timed call; ``benchmark`` divides its time by
+    ``window``."""
+
+    def run():
+        for _ in range(steps):
+            step()
+
+    run.window = steps
+    return run
 
 
 class Problem:
@@ -195,6 +230,26 @@ def make_paths(problem: Problem, device: torch.device) -> dict[str, Callable[[],
     adafactor = torch.optim.Adafactor(problem.params, lr=LR, foreach=True)
     adafactor.step()
     paths["adafactor_foreach"] = adafactor.step
+    # Kronecker VSGD (its own state; the untimed steps run it to just before a refresh, so
+    # every timed window of 10 consecutive steps holds exactly one refresh)
+    from vsgd_bayes.torch import KroneckerVSGD
+
+    kronecker = KroneckerVSGD(problem.params, lr=LR)
+    for _ in range(REFRESH_WINDOW - 1):
+        kronecker.step()
+    paths["kronecker"] = windowed(kronecker.step, REFRESH_WINDOW)
+    longest = max((max(p.shape, default=1) for p in problem.params), default=1)
+    try:
+        from pytorch_optimizer import SOAP
+    except Exception as error:
+        print(f"# pytorch_optimizer.SOAP unavailable: {type(error).__name__}: {error}")
+    else:
+        if longest > SOAP_MAX_SIDE:
+            print(f"# soap not timed: a side of {longest} > {SOAP_MAX_SIDE} (see SOAP_MAX_SIDE)")
+        else:
+            soap = SOAP(problem.params, lr=LR, weight_decay=0.0)
+            soap.step()  # its first step builds the bases and takes no step
+            paths["soap"] = windowed(soap.step, REFRESH_WINDOW)
     try:
         import pytorch_optimizer
 
@@ -260,7 +315,8 @@ def benchmark(shapes, device, rounds, only=None) -> dict[str, dict[str, float]]:
         paths = {k: v for k, v in paths.items() if k == "adam_fused" or k in only}
     for step in paths.values():  # warm-up: state creation, kernel build/compile, caches
         step()
-        step()
+        if not hasattr(step, "window"):  # a window is already 10 steps
+            step()
     times: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(rounds):
         for name, step in paths.items():
@@ -268,7 +324,7 @@ def benchmark(shapes, device, rounds, only=None) -> dict[str, dict[str, float]]:
             start = time.perf_counter()
             step()
             _synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append((time.perf_counter() - start) / getattr(step, "window", 1))
     reference = min(times["adam_fused"])
     results = {}
     for name, step in paths.items():
@@ -278,6 +334,7 @@ def benchmark(shapes, device, rounds, only=None) -> dict[str, dict[str, float]]:
             "median_ms": 1e3 * statistics.median(times[name]),
             "ratio_to_fused_adam": min(times[name]) / reference,
             "transient_memory_x_params": memory / problem.bytes,
+            "steps_per_timed_call": getattr(step, "window", 1),
         }
     results["_problem"] = {"tensors": len(shapes), "values": problem.numel}
     return results
@@ -332,7 +389,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--shapes", default="both", choices=["resnet18", "big", "both"])
+    parser.add_argument(
+        "--shapes", default="both", choices=["resnet18", "big", "matrices", "both", "all"]
+    )
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
     parser.add_argument(
         "--paths",

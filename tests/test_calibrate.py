@@ -23,6 +23,7 @@ from vsgd_bayes.apps.calibrate.optimizers import (
     constant_vsgd_posterior,
     curvature_posterior,
     gradient_posterior_method,
+    kronecker_posterior,
     optimizer_row,
     sgd_normalised_buffer,
 )
@@ -207,6 +208,45 @@ def test_curvature_posterior_is_the_filters_own_prediction_at_the_current_point(
     # Check of the check: the posterior mean at the previous point (not moved along the
     # curvature) is not that prediction.
     assert not np.allclose(unmoved, predicted_mean.numpy(), rtol=1e-3)
+
+
+def test_kronecker_posterior_gives_the_exact_marginals_of_the_basis_posterior():
+    from vsgd_bayes.hyperparameters import posterior_shape
+    from vsgd_bayes.torch import KroneckerVSGD
+
+    weight = torch.nn.Parameter(torch.zeros(5, 4, dtype=torch.float64))
+    optimizer = KroneckerVSGD([weight], lr=1e-2, basis_update_every=3)
+    generator = torch.Generator().manual_seed(0)
+    mixing = torch.randn(5, 5, dtype=torch.float64, generator=generator)
+    for _ in range(13):  # four refreshes: both bases far from the identity
+        weight.grad = mixing @ torch.randn(5, 4, dtype=torch.float64, generator=generator)
+        optimizer.step()
+    state = optimizer.state[weight]
+    assert not torch.allclose(state["row_basis"].abs(), torch.eye(5, dtype=torch.float64))
+    posterior = kronecker_posterior(optimizer, weight)
+    numpy = metrics.Posterior(*(t.numpy() for t in posterior))
+    # The dense covariances in the parameter's own coordinates, Q diag(v~) Q^T with
+    # Q = L (x) R acting on the row-major vec, computed independently of the module.
+    basis = torch.kron(state["row_basis"], state["col_basis"])
+    shape = posterior_shape(optimizer.defaults["prior_strength"], optimizer.defaults["init"])
+    drift, noise = state["drift_rate"] / shape, state["noise_rate"] / shape
+    basis_posterior = drift * noise / (drift + noise)  # (1 - beta~) r~
+
+    def marginal(variance):
+        return torch.diagonal(basis @ torch.diag(variance.flatten()) @ basis.t()).view(5, 4)
+
+    np.testing.assert_allclose(metrics.posterior_variance(numpy),
+                               marginal(basis_posterior).numpy(), rtol=1e-10)
+    np.testing.assert_allclose(metrics.predictive_variance(numpy),
+                               marginal(basis_posterior + drift).numpy(), rtol=1e-10)
+    np.testing.assert_allclose(numpy.noise_variance, marginal(noise).numpy(), rtol=1e-10)
+    np.testing.assert_allclose(numpy.mean, (basis @ state["gradient_mean"].flatten()).view(5, 4)
+                               .numpy(), rtol=1e-10)
+    # Check of the check: the optimizer's rotated-back momentum, read as the metric reads a
+    # momentum, does not give the marginal posterior variance.
+    plain = metrics.Posterior(*(t.numpy() for t in optimizer.gradient_posterior(weight)))
+    assert not np.allclose(metrics.posterior_variance(plain), marginal(basis_posterior).numpy(),
+                           rtol=1e-3)
 
 
 def test_every_row_declares_rates_for_every_task_and_one_metric_source():

@@ -4,7 +4,9 @@ with the state_dict() measurement, and a wrong layout is caught (check of the ch
 import pytest
 from scripts import load_script
 
-SMALL_SHAPES = {"mixed": [(8, 3, 3, 3), (8,), (5, 4), (), (6, 2, 2)], "square": [(16, 16)] * 2}
+SMALL_SHAPES = {"mixed": [(8, 3, 3, 3), (8,), (5, 4), (), (6, 2, 2)], "square": [(16, 16)] * 2,
+                # one side above KroneckerVSGD's max_basis_dim (2048), one of length 1
+                "long": [(2100, 3), (1, 7)]}
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +26,13 @@ def test_layouts_agree_with_the_measurement(memory):
     assert square["FactoredVSGD"]["state_bytes"] == 4 * 2 * (16 * 16 + 2 * 32 + 1)
     # Curvature Kalman VSGD: 21 values per coordinate and the step (issue 19)
     assert square["CurvatureKalmanVSGD"]["ratio"] == pytest.approx(21.0, abs=0.01)
+    # Kronecker VSGD (issue 21): VSGD's 3N, a basis and a moment per side, the step
+    assert square["KroneckerVSGD"]["state_bytes"] == 4 * 2 * (3 * 256 + 4 * 16**2 + 1)
+    # ... and no basis for a side above max_basis_dim or of length 1
+    assert table["long"]["KroneckerVSGD"]["state_bytes"] == 4 * (3 * 6300 + 2 * 3**2 + 1
+                                                                 + 3 * 7 + 2 * 7**2 + 1)
+    # SOAP: exp_avg, exp_avg_sq and GG, Q for every side, no step counter in the state
+    assert square["SOAP"]["state_bytes"] == 4 * 2 * (2 * 256 + 4 * 16**2)
 
 
 def test_a_wrong_layout_is_caught(memory, monkeypatch):

@@ -37,6 +37,16 @@ variance of g at theta_t before its drift and sigma^2 + q the predictive varianc
 "momentum" of this row is not a weight of an average and may fall below 0 where the curvature
 is poorly known; the drift metric compares q_g, the drift left after the curvature's share,
 with the total change of g*, which the curvature's share inflates.)
+
+Kronecker VSGD's posterior is Gaussian and diagonal in the basis Q = L (x) R (derived here, 16,
+eq:kronecker-local), so each coordinate's marginal in the parameter's own coordinates is
+Gaussian with the variance diag(Q diag(v~) Q^T) = (L o L) v~ (R o R)^T of the basis variance v~.
+:func:`kronecker_posterior` hands the metric these exact marginals: drift and noise variances
+rotated back (as ``KroneckerVSGD.gradient_posterior`` gives them) and the momentum
+1 - diag(Q diag(sigma~^2) Q^T) / r, with sigma~^2 = (1 - beta~) r~ the basis posterior
+variance, so that the metric's sigma^2 = (1 - beta) r is the marginal posterior variance (the
+rotated-back momentum of ``gradient_posterior`` would not give it: the diagonal of a product
+is not the product of the diagonals).
 """
 
 from __future__ import annotations
@@ -54,6 +64,7 @@ __all__ = [
     "gradient_posterior_method",
     "constant_vsgd_posterior",
     "curvature_posterior",
+    "kronecker_posterior",
     "adam_first_moment",
     "sgd_normalised_buffer",
     "optimizer_row",
@@ -129,6 +140,32 @@ def curvature_posterior(optimizer: torch.optim.Optimizer, param: Tensor) -> Any:
     )
 
 
+def kronecker_posterior(optimizer: torch.optim.Optimizer, param: Tensor) -> Any:
+    """Kronecker VSGD's marginal posterior of each coordinate of ``param`` (module docstring),
+    as the metric's four fields; a real parameter."""
+    from vsgd_bayes.hyperparameters import posterior_shape
+    from vsgd_bayes.torch import GradientPosterior
+
+    posterior = optimizer.gradient_posterior(param)
+    group = next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
+    state = optimizer.state[param]
+    drift_rate, noise_rate = state["drift_rate"], state["noise_rate"]
+    # sigma~^2 = (1 - beta~) r~ = b~_g / (b~_g + b~_ghat) * b~_ghat / a, in the basis
+    basis_variance = (drift_rate * noise_rate / (drift_rate + noise_rate)
+                      / posterior_shape(group["prior_strength"], group["init"]))
+    row_basis, col_basis = state["row_basis"], state["col_basis"]
+    if row_basis.numel():
+        basis_variance = row_basis.square() @ basis_variance
+    if col_basis.numel():
+        basis_variance = basis_variance @ col_basis.square().t()
+    return GradientPosterior(
+        mean=posterior.mean,
+        drift_variance=posterior.drift_variance,
+        noise_variance=posterior.noise_variance,
+        momentum=1.0 - basis_variance / posterior.noise_variance,
+    )
+
+
 def adam_first_moment(optimizer: torch.optim.Optimizer, param: Tensor, step: int) -> Tensor:
     """Adam(W)'s bias-corrected first moment m_t / (1 - beta_1^t)."""
     group = next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
@@ -179,6 +216,12 @@ def _factored_vsgd(params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer
     return FactoredVSGD(params, lr=lr)
 
 
+def _kronecker_vsgd(params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer:
+    from vsgd_bayes.torch import KroneckerVSGD
+
+    return KroneckerVSGD(params, lr=lr)
+
+
 def _adamw(params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
@@ -205,6 +248,9 @@ CALIBRATED_OPTIMIZERS: tuple[CalibratedOptimizer, ...] = (
     # The step-following model (issue 19): VSGD's step and rates, a different gradient model.
     CalibratedOptimizer("curvature-kalman-vsgd", "CurvatureKalmanVSGD", _curvature_kalman_vsgd,
                         VSGD_RATES, posterior=curvature_posterior),
+    # Noise diagonal in a learned Kronecker eigenbasis (issue 21): VSGD's step and rates.
+    CalibratedOptimizer("kronecker-vsgd", "KroneckerVSGD", _kronecker_vsgd, VSGD_RATES,
+                        posterior=kronecker_posterior),
     CalibratedOptimizer("adamw", "AdamW", _adamw,
                         {"digits-mlp": 0.003, "digits-cnn": 0.01, "char-lm": 0.01},
                         estimate=adam_first_moment),
