@@ -116,8 +116,9 @@ def test_calibration(executed_notebooks):
     assert synthetic["σ / 3"]["verdict"] == "under-covering"
     final = results["mlp_final"]
     assert set(final) == {"vsgd", "vsgd-paper", "constant-vsgd", "kalman-vsgd", "factored-vsgd",
-                          "curvature-kalman-vsgd", "adamw", "sgd"}
-    for name in ("vsgd", "vsgd-paper", "constant-vsgd", "kalman-vsgd", "factored-vsgd"):
+                          "kronecker-vsgd", "curvature-kalman-vsgd", "adamw", "sgd"}
+    for name in ("vsgd", "vsgd-paper", "constant-vsgd", "kalman-vsgd", "factored-vsgd",
+                 "kronecker-vsgd"):
         assert 0.0 <= final[name]["coverage_0.95"] <= 1.0, name
         assert 0.0 < final[name]["momentum_median"] < 1.0, name
     assert 0.0 <= final["curvature-kalman-vsgd"]["coverage_0.95"] <= 1.0
