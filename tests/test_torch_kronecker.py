@@ -1,6 +1,7 @@
 """KroneckerVSGD beyond the battery: float64 parity with the JAX rule (with a check of the
 check), the identity basis is VSGD exactly, gradient_posterior, state dicts mid-run, bad
-hyperparameters, float32. (Every generic optimizer behaviour runs in
+hyperparameters, a failed refresh that changes nothing (its twin: refreshes decomposed inside
+the step leave a half step), float32. (Every generic optimizer behaviour runs in
 tests/test_torch_battery.py.)"""
 
 import copy
@@ -14,6 +15,7 @@ import torch
 from vsgd_bayes.rules import kronecker as kronecker_rule
 from vsgd_bayes.torch import VSGD, KroneckerVSGD
 from vsgd_bayes.torch import _kronecker_single_tensor as single_tensor
+from vsgd_bayes.torch.kronecker import kronecker_vsgd
 
 #: A (5, 4) matrix, a vector, a (1, n) row (rows unstructured) and a (6, 3) matrix whose rows
 #: exceed max_basis_dim = 5 (one side unstructured).
@@ -254,6 +256,102 @@ def test_max_basis_dim_changed_after_the_first_step_is_refused_before_anything_c
     with pytest.raises(ValueError, match=r"Invalid max_basis_dim: 4 for parameter 0"):
         optimizer.step()
     assert all(torch.equal(p, q) for p, q in zip(before, params))
+
+
+def _nan_at_refresh(plan=True, monkeypatch=None):
+    """A run of OPTIONS (refresh every 3 steps) on two groups, the second of which gets a NaN
+    gradient at step 3, a refresh step: (params, optimizer, snapshot before the step, error)."""
+    stream = _stream(seed=8, steps=3)
+    params = _params()
+    groups = [{"params": params[:3]}, {"params": params[3:], "max_basis_dim": MAX_BASIS_DIM}]
+    optimizer = KroneckerVSGD(groups, **OPTIONS)
+    if not plan:  # the twin: no planning, every refresh decomposed inside the step
+        monkeypatch.setattr(KroneckerVSGD, "_plan_refreshes", lambda self: {})
+    for grads in stream[:2]:
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        optimizer.step()
+    for p, g in zip(params, stream[2]):
+        p.grad = g.clone()
+    params[3].grad[0, 0] = float("nan")
+    before = [p.detach().clone() for p in params], copy.deepcopy(optimizer.state_dict())
+    with pytest.raises(torch.linalg.LinAlgError) as error:
+        optimizer.step()
+    return params, optimizer, before, str(error.value)
+
+
+def _unchanged(params, optimizer, before):
+    after = optimizer.state_dict()["state"]
+    return all(torch.equal(p, q) for p, q in zip(before[0], params)) and all(
+        torch.equal(state[k], after[index][k])
+        for index, state in before[1]["state"].items()
+        for k in state
+    )
+
+
+def test_non_finite_moment_at_a_refresh_fails_naming_it_and_changes_nothing():
+    params, optimizer, before, message = _nan_at_refresh()
+    assert message.startswith(
+        "KroneckerVSGD cannot refresh the basis of parameter 0 of param group 1 (shape (6, 3)) "
+        "at step 3: its column noise moment is not finite"
+    )
+    assert "no parameter or state was changed by this step" in message
+    # group 0 comes first and its (5, 4) matrix refreshes at this step too: still untouched
+    assert _unchanged(params, optimizer, before)
+    # and the optimizer goes on from where it was once the gradient is finite again
+    reference_params = _params()
+    groups = [{"params": reference_params[:3]},
+              {"params": reference_params[3:], "max_basis_dim": MAX_BASIS_DIM}]  # fmt: skip
+    reference = KroneckerVSGD(groups, **OPTIONS)
+    stream = _stream(seed=8, steps=3)
+    for grads in stream:
+        for p, g in zip(reference_params, grads):
+            p.grad = g.clone()
+        reference.step()
+    for p, g in zip(params, stream[2]):
+        p.grad = g.clone()
+    optimizer.step()
+    assert all(torch.equal(p, q) for p, q in zip(params, reference_params))
+
+
+def test_check_of_the_check_refreshes_decomposed_inside_the_step_leave_a_half_step(
+    monkeypatch,
+):
+    params, optimizer, before, message = _nan_at_refresh(plan=False, monkeypatch=monkeypatch)
+    assert not _unchanged(params, optimizer, before)  # group 0 stepped before group 1 failed
+    assert not torch.equal(before[0][0], params[0])
+    assert "KroneckerVSGD cannot refresh" not in message  # LAPACK's own message
+
+
+def test_functional_plans_its_refreshes_before_writing_any_tensor():
+    shapes = ((5, 4), (4, 3))
+    params = _params(shapes=shapes)
+    grads = [torch.ones(s, dtype=torch.float64) for s in shapes]
+    grads[1][0, 0] = float("inf")
+    group = KroneckerVSGD(_params(shapes=shapes), **{**OPTIONS, "basis_update_every": 1}).defaults
+    options = {name: group[name] for name in KroneckerVSGD.hyperparameters}
+    fields = [[init(p, group, torch.float64) for p in params]
+              for init in KroneckerVSGD.state_fields.values()]  # fmt: skip
+    steps = [torch.tensor(0.0), torch.tensor(0.0)]
+    before = [p.detach().clone() for p in params], [[t.clone() for t in f] for f in fields]
+    with pytest.raises(torch.linalg.LinAlgError, match=r"tensor 1 of the lists \(shape \(4, 3\)\)"):
+        with torch.no_grad():
+            kronecker_vsgd(params, grads, *fields, steps, maximize=False, **options)
+    assert all(torch.equal(p, q) for p, q in zip(before[0], params))  # tensor 0 too
+    assert all(torch.equal(t, u) for f, g in zip(fields, before[1]) for t, u in zip(f, g))
+    assert [s.item() for s in steps] == [0.0, 0.0]
+    # with finite gradients the functional's own plan gives the optimizer's step exactly
+    grads[1] = torch.ones(4, 3, dtype=torch.float64)
+    with torch.no_grad():  # as torch.optim's functional forms, outside autograd
+        kronecker_vsgd(params, grads, *fields, steps, maximize=False, **options)
+    reference = _params(shapes=shapes)
+    optimizer = KroneckerVSGD(reference, **options)
+    for p, g in zip(reference, grads):
+        p.grad = g.clone()
+    optimizer.step()
+    assert all(torch.equal(p, q) for p, q in zip(params, reference))
+    for column, key in zip(fields, KroneckerVSGD.state_fields):
+        assert all(torch.equal(t, optimizer.state[q][key]) for t, q in zip(column, reference))
 
 
 def test_float32_runs_finite():

@@ -149,6 +149,12 @@ class VSGDFamilyOptimizer(Optimizer):
                             f"{group_index})"
                         )
 
+    def _path_arguments(self, params: list[Tensor]) -> dict[str, Any]:
+        """Extra keyword arguments of the functional for this step's ``params`` of one group,
+        prepared by :meth:`_check_before_step` (none here; KroneckerVSGD's planned refreshes)."""
+        del params
+        return {}
+
     # ------------------------------------------------------------------ state
     def _init_group(
         self,
@@ -262,7 +268,8 @@ class VSGDFamilyOptimizer(Optimizer):
             if schedule_free.is_on(group):
                 states = [self.state[p] for p in params]
                 ys = schedule_free.start_(params, states)
-            type(self).functional(params, grads, *fields, steps, **flags, **hyperparameters)
+            type(self).functional(params, grads, *fields, steps, **flags, **hyperparameters,
+                                  **self._path_arguments(params))  # fmt: skip
             if schedule_free.is_on(group):
                 schedule_free.average_(params, ys, states, group)
         return loss

@@ -25,6 +25,8 @@ identity):
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -46,7 +48,11 @@ __all__ = [
     "sign_fixed_eigenvectors",
     "refreshed_basis",
     "rotate_rates",
+    "Refresh",
+    "refreshed_sides",
+    "apply_refresh_",
     "refresh_",
+    "planned_refresh",
 ]
 
 
@@ -105,6 +111,64 @@ def rotate_rates(rate: Tensor, row_transition: Tensor, col_transition: Tensor) -
     return rate
 
 
+class Refresh(NamedTuple):
+    """A tensor's basis refresh [kronecker-basis]: per structured side (L', P, S~') from
+    :func:`refreshed_basis`, or None for a side that keeps the identity."""
+
+    row: tuple[Tensor, Tensor, Tensor] | None
+    col: tuple[Tensor, Tensor, Tensor] | None
+
+
+def refreshed_sides(
+    row_basis: Tensor, col_basis: Tensor, row_moment: Tensor, col_moment: Tensor
+) -> Refresh:
+    """The refresh of both sides, out of place [kronecker-basis]; empty sides give None.
+
+    Raises:
+        torch.linalg.LinAlgError: a moment is not finite (``eigh`` cannot decompose it; the
+            message says so rather than LAPACK's convergence code), or ``eigh`` failed.
+    """
+
+    def side(basis: Tensor, moment: Tensor, name: str) -> tuple[Tensor, Tensor, Tensor] | None:
+        if not basis.numel():
+            return None
+        if not bool(torch.isfinite(moment).all()):
+            raise torch.linalg.LinAlgError(
+                f"its {name} noise moment is not finite (a non-finite gradient reached the "
+                "optimizer at this step or an earlier one), so it has no eigenbasis"
+            )
+        return refreshed_basis(basis, moment)
+
+    return Refresh(side(row_basis, row_moment, "row"), side(col_basis, col_moment, "column"))
+
+
+def apply_refresh_(
+    refresh: Refresh,
+    gradient_mean: Tensor,
+    drift_rate: Tensor,
+    noise_rate: Tensor,
+    row_basis: Tensor,
+    col_basis: Tensor,
+    row_moment: Tensor,
+    col_moment: Tensor,
+) -> None:
+    """In place: the new bases and moments of ``refresh``, and the state moved to them
+    [kronecker-rotate-state] (the mean exactly, the rates by moment matching)."""
+    empty = gradient_mean.new_zeros((0, 0))
+    row_transition = col_transition = empty
+    if refresh.row is not None:
+        new_basis, row_transition, new_moment = refresh.row
+        row_basis.copy_(new_basis)
+        row_moment.copy_(new_moment)
+    if refresh.col is not None:
+        new_basis, col_transition, new_moment = refresh.col
+        col_basis.copy_(new_basis)
+        col_moment.copy_(new_moment)
+    gradient_mean.copy_(rotate_out(gradient_mean, row_transition, col_transition))
+    drift_rate.copy_(rotate_rates(drift_rate, row_transition, col_transition))
+    noise_rate.copy_(rotate_rates(noise_rate, row_transition, col_transition))
+
+
 def refresh_(
     gradient_mean: Tensor,
     drift_rate: Tensor,
@@ -115,21 +179,85 @@ def refresh_(
     col_moment: Tensor,
 ) -> None:
     """In place: each structured side's new basis and its moment [kronecker-basis], and the
-    state moved to it [kronecker-rotate-state] (the mean exactly, the rates by moment
-    matching). The tensors are (m, n) matrices and (m, m), (n, n) or empty (0, 0) ones."""
-    empty = gradient_mean.new_zeros((0, 0))
-    row_transition = col_transition = empty
-    if row_basis.numel():
-        new_basis, row_transition, new_moment = refreshed_basis(row_basis, row_moment)
-        row_basis.copy_(new_basis)
-        row_moment.copy_(new_moment)
-    if col_basis.numel():
-        new_basis, col_transition, new_moment = refreshed_basis(col_basis, col_moment)
-        col_basis.copy_(new_basis)
-        col_moment.copy_(new_moment)
-    gradient_mean.copy_(rotate_out(gradient_mean, row_transition, col_transition))
-    drift_rate.copy_(rotate_rates(drift_rate, row_transition, col_transition))
-    noise_rate.copy_(rotate_rates(noise_rate, row_transition, col_transition))
+    state moved to it [kronecker-rotate-state]. The tensors are (m, n) matrices and (m, m),
+    (n, n) or empty (0, 0) ones."""
+    refresh = refreshed_sides(row_basis, col_basis, row_moment, col_moment)
+    apply_refresh_(refresh, gradient_mean, drift_rate, noise_rate, row_basis, col_basis,
+                   row_moment, col_moment)  # fmt: skip
+
+
+def _rotated_local_update(
+    grad: Tensor,
+    gradient_mean: Tensor,
+    drift_rate: Tensor,
+    noise_rate: Tensor,
+    row_basis: Tensor,
+    col_basis: Tensor,
+    shape,
+    maximize: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(g_hat~, mu~_t, sigma~_t^2), out of place [kronecker-rotate], [kronecker-local]."""
+    gradient = grad.to(gradient_mean.dtype)
+    if maximize:
+        gradient = -gradient
+    rotated = rotate_in(gradient, row_basis, col_basis)
+    new_gradient_mean, gradient_variance = local_update(
+        gradient_mean, drift_rate, noise_rate, rotated, shape
+    )
+    return rotated, new_gradient_mean, gradient_variance
+
+
+def _is_refresh_step(step: int, basis_update_every: int, row_moment: Tensor,
+                     col_moment: Tensor) -> bool:  # fmt: skip
+    structured = row_moment.numel() > 0 or col_moment.numel() > 0
+    return structured and step % int(basis_update_every) == 0
+
+
+def planned_refresh(
+    grad: Tensor,
+    gradient_mean: Tensor,
+    drift_rate: Tensor,
+    noise_rate: Tensor,
+    row_basis: Tensor,
+    col_basis: Tensor,
+    row_moment: Tensor,
+    col_moment: Tensor,
+    step: int,
+    *,
+    prior_strength: float,
+    kappa1: float,
+    kappa2: float,
+    init: str,
+    basis_update_every: int,
+    maximize: bool,
+) -> Refresh | None:
+    """The refresh that step number ``step`` (the count after advancing) will make, computed
+    before the step changes anything, or None when it makes none. Nothing is modified.
+
+    This is what makes a step atomic: the eigendecompositions, the only operation of the step
+    that can fail, run on the moments the step will blend [kronecker-moments] before any
+    parameter or state of any tensor is written; the step then applies the result
+    (:func:`kronecker_posterior_step_`'s ``refresh``) instead of decomposing again.
+
+    Raises:
+        torch.linalg.LinAlgError: as :func:`refreshed_sides`.
+    """
+    if not _is_refresh_step(step, basis_update_every, row_moment, col_moment):
+        return None
+    dtype = gradient_mean.dtype
+    shape, _drift_step_size, noise_step_size = step_scalars(
+        torch.tensor(float(step)), prior_strength, kappa1, kappa2, init, dtype
+    )
+    rotated, new_gradient_mean, gradient_variance = _rotated_local_update(
+        grad, gradient_mean, drift_rate, noise_rate, row_basis, col_basis, shape, maximize
+    )
+    row_target, col_target = noise_moments(rotated - new_gradient_mean, gradient_variance)
+    row_blended, col_blended = row_moment.clone(), col_moment.clone()
+    if row_blended.numel():
+        svi_blend_(row_blended, row_target, noise_step_size)
+    if col_blended.numel():
+        svi_blend_(col_blended, col_target, noise_step_size)
+    return refreshed_sides(row_basis, col_basis, row_blended, col_blended)
 
 
 def kronecker_posterior_step_(
@@ -151,26 +279,22 @@ def kronecker_posterior_step_(
     init: str,
     basis_update_every: int,
     maximize: bool,
+    refresh: Refresh | None = None,
 ) -> Tensor:
     """One tensor's posterior step in place (``rules.kronecker.posterior_update``), at the step
     count in ``step_t`` (already advanced); returns the direction
     L [mu~ / (sqrt(mu~^2 + sigma~^2) + eps)] R^T in the parameter's coordinates, taken in the
-    basis of the step (before any refresh) [kronecker-step]."""
+    basis of the step (before any refresh) [kronecker-step]. At a refresh step, ``refresh``
+    (from :func:`planned_refresh`) is applied as computed; None decomposes here."""
     dtype = gradient_mean.dtype
     shape, drift_step_size, noise_step_size = step_scalars(
         step_t, prior_strength, kappa1, kappa2, init, dtype
     )
-    gradient = grad.to(dtype)
-    if maximize:
-        gradient = -gradient
-    rotated = rotate_in(gradient, row_basis, col_basis)  # [kronecker-rotate]
-    # [kronecker-local]: VSGD's update of every coordinate of the basis
-    gradient_mean_prev = gradient_mean.clone()
-    new_gradient_mean, gradient_variance = local_update(
-        gradient_mean_prev, drift_rate, noise_rate, rotated, shape
-    )
+    rotated, new_gradient_mean, gradient_variance = _rotated_local_update(
+        grad, gradient_mean, drift_rate, noise_rate, row_basis, col_basis, shape, maximize
+    )  # [kronecker-rotate], [kronecker-local]: VSGD's update of every coordinate of the basis
     drift_rate_target, noise_rate_target = global_targets(
-        new_gradient_mean, gradient_variance, gradient_mean_prev, rotated, prior_strength,
+        new_gradient_mean, gradient_variance, gradient_mean, rotated, prior_strength,
         variance_ratio, init,
     )  # fmt: skip
     svi_blend_(drift_rate, drift_rate_target, drift_step_size)
@@ -179,14 +303,18 @@ def kronecker_posterior_step_(
     direction = rotate_out(  # [kronecker-step]
         normalized_direction(gradient_mean, gradient_variance, eps), row_basis, col_basis
     )
-    structured = row_moment.numel() > 0 or col_moment.numel() > 0
-    if structured:  # [kronecker-moments], blended with the noise's step size rho_{t,2}
+    refreshing = _is_refresh_step(int(step_t.item()), basis_update_every, row_moment, col_moment)
+    if refreshing and refresh is not None:  # the planned moments and bases [kronecker-basis]
+        apply_refresh_(refresh, gradient_mean, drift_rate, noise_rate, row_basis, col_basis,
+                       row_moment, col_moment)  # fmt: skip
+        return direction
+    if row_moment.numel() or col_moment.numel():  # [kronecker-moments], with rho_{t,2}
         row_target, col_target = noise_moments(rotated - gradient_mean, gradient_variance)
         if row_moment.numel():
             svi_blend_(row_moment, row_target, noise_step_size)
         if col_moment.numel():
             svi_blend_(col_moment, col_target, noise_step_size)
-        if int(step_t.item()) % int(basis_update_every) == 0:  # [kronecker-basis]
+        if refreshing:  # [kronecker-basis]
             refresh_(gradient_mean, drift_rate, noise_rate, row_basis, col_basis, row_moment,
                      col_moment)  # fmt: skip
     return direction
@@ -223,23 +351,48 @@ def single_tensor_kronecker_vsgd(
     basis_update_every: int,
     max_basis_dim: int,
     maximize: bool,
+    refreshes: list[Refresh | None] | None = None,
 ) -> None:
     """One Kronecker VSGD step on each parameter, one tensor at a time, in place.
 
     Real tensors only (the caller views complex ones as real); arithmetic in the state dtype;
     gradients are never modified; hyperparameters are not validated here. ``max_basis_dim``
     only shapes the state at its creation (which sides hold a basis), and is unused here.
+
+    ``refreshes``: the basis refreshes of this step, one per tensor (:func:`planned_refresh`),
+    as ``KroneckerVSGD.step`` plans them across all its param groups; None plans them here,
+    for every tensor of the lists, before any tensor is written.
+
+    Raises:
+        torch.linalg.LinAlgError: a refresh cannot be computed (a non-finite noise moment);
+            no tensor has been modified.
     """
     del max_basis_dim
+    hyperparameters = dict(
+        prior_strength=prior_strength, kappa1=kappa1, kappa2=kappa2, init=init,
+        basis_update_every=basis_update_every, maximize=maximize,
+    )  # fmt: skip
+    if refreshes is None:
+        refreshes = []
+        for index, tensors in enumerate(zip(grads, gradient_means, drift_rates, noise_rates,
+                                            row_bases, col_bases, row_moments, col_moments)):
+            try:
+                refreshes.append(planned_refresh(
+                    *tensors, int(steps[index].item()) + 1, **hyperparameters
+                ))  # fmt: skip
+            except torch.linalg.LinAlgError as error:
+                raise torch.linalg.LinAlgError(
+                    f"Kronecker VSGD cannot refresh the basis of tensor {index} of the lists "
+                    f"(shape {tuple(params[index].shape)}): {error}; no tensor was modified"
+                ) from error
     for param, grad, mean, drift, noise, row_basis, col_basis, row_moment, col_moment, \
-            step_t in zip(params, grads, gradient_means, drift_rates, noise_rates, row_bases,
-                          col_bases, row_moments, col_moments, steps):  # fmt: skip
+            step_t, refresh in zip(params, grads, gradient_means, drift_rates, noise_rates,
+                                   row_bases, col_bases, row_moments, col_moments, steps,
+                                   refreshes):  # fmt: skip
         step_t += 1
         direction = kronecker_posterior_step_(
             grad, mean, drift, noise, row_basis, col_basis, row_moment, col_moment, step_t,
-            variance_ratio=variance_ratio, prior_strength=prior_strength, kappa1=kappa1,
-            kappa2=kappa2, eps=eps, init=init, basis_update_every=basis_update_every,
-            maximize=maximize,
+            variance_ratio=variance_ratio, eps=eps, refresh=refresh, **hyperparameters,
         )  # fmt: skip
         step_in_state_dtype_(
             param, mean.dtype, lambda p: _parameter_step_(p, direction, lr, weight_decay)

@@ -26,9 +26,13 @@ from torch import Tensor
 from vsgd_bayes import hyperparameters as hp
 from vsgd_bayes.hyperparameters import kronecker as kronecker_hp
 from vsgd_bayes.torch._base import VSGDFamilyOptimizer
-from vsgd_bayes.torch._common import filled_like
+from vsgd_bayes.torch._common import filled_like, local_tensors, state_dtype
 from vsgd_bayes.torch._functional import run_path
-from vsgd_bayes.torch._kronecker_single_tensor import single_tensor_kronecker_vsgd
+from vsgd_bayes.torch._kronecker_single_tensor import (
+    Refresh,
+    planned_refresh,
+    single_tensor_kronecker_vsgd,
+)
 from vsgd_bayes.torch.vsgd import GradientPosterior
 
 __all__ = ["KroneckerVSGD", "kronecker_vsgd"]
@@ -100,11 +104,19 @@ def kronecker_vsgd(
     basis_update_every: int,
     max_basis_dim: int,
     maximize: bool,
+    refreshes: list[Refresh | None] | None = None,
 ) -> None:
     """Functional Kronecker VSGD: one step on every parameter of the lists, in place.
 
     Complex tensors are viewed as real. There is one implementation (single-tensor); ``foreach``
     is accepted for the family's interface and runs it too (see :class:`KroneckerVSGD`).
+    ``refreshes``: this step's basis refreshes, one per parameter, planned before the step
+    (``_kronecker_single_tensor.planned_refresh``); None plans them in the call, before any
+    tensor is written.
+
+    Raises:
+        torch.linalg.LinAlgError: a basis refresh cannot be computed (a non-finite noise
+            moment); no tensor has been modified.
     """
     run_path(
         _PATHS,
@@ -116,7 +128,7 @@ def kronecker_vsgd(
             lr=lr, variance_ratio=variance_ratio, prior_strength=prior_strength,
             kappa1=kappa1, kappa2=kappa2, weight_decay=weight_decay, eps=eps, init=init,
             basis_update_every=basis_update_every, max_basis_dim=max_basis_dim,
-            maximize=maximize,
+            maximize=maximize, refreshes=refreshes,
         ),
     )  # fmt: skip
 
@@ -182,6 +194,12 @@ class KroneckerVSGD(VSGDFamilyOptimizer):
         TypeError: a non-bool ``maximize``/``foreach``.
         RuntimeError: at a step in eval mode (with ``schedule_free_momentum``), a sparse
             gradient, or a sharded (FSDP2) parameter (nothing is modified).
+        torch.linalg.LinAlgError (a RuntimeError): at a refresh step, a structured
+            parameter whose noise moment is not finite (a non-finite gradient reached the
+            optimizer then or earlier) has no eigenbasis; the error names the parameter, and
+            nothing is modified (every refresh of the step is computed before any tensor is
+            written). Between refreshes a non-finite gradient propagates into the state and
+            parameter, as in ``torch.optim.Adam``.
 
     Example:
         >>> import torch
@@ -263,6 +281,47 @@ class KroneckerVSGD(VSGDFamilyOptimizer):
                         f"{param_index} of param group {group_index}: its state holds bases of "
                         f"sizes {held}, the value needs {needed}"
                     )
+        self._planned_refreshes = self._plan_refreshes()
+
+    def _plan_refreshes(self) -> dict[int, Refresh]:
+        """This step's basis refreshes, by ``id`` of the parameter, for every group, computed
+        before the step writes anything: the eigendecompositions are the only part of a step
+        that can fail, so a step that fails has changed nothing (``planned_refresh``)."""
+        planned: dict[int, Refresh] = {}
+        for group_index, group in enumerate(self.param_groups):
+            for param_index, param in enumerate(group["params"]):
+                if param.grad is None or _side_sizes(param, group["max_basis_dim"]) == (0, 0):
+                    continue
+                state = self.state.get(param, {})
+                step = int(float(state.get("step", 0))) + 1
+                if step % int(group["basis_update_every"]):
+                    continue
+                if any(key not in state for key in self.state_fields):  # its first step
+                    dtype = state_dtype(param.dtype)
+                    state = {key: init(param, group, dtype)
+                             for key, init in self.state_fields.items()}  # fmt: skip
+                fields = local_tensors([param.grad, *(state[k] for k in self.state_fields)])
+                try:
+                    refresh = planned_refresh(
+                        *fields, step, prior_strength=group["prior_strength"],
+                        kappa1=group["kappa1"], kappa2=group["kappa2"], init=group["init"],
+                        basis_update_every=group["basis_update_every"],
+                        maximize=group["maximize"],
+                    )  # fmt: skip
+                except torch.linalg.LinAlgError as error:
+                    raise torch.linalg.LinAlgError(
+                        f"KroneckerVSGD cannot refresh the basis of parameter {param_index} of "
+                        f"param group {group_index} (shape {tuple(param.shape)}) at step "
+                        f"{step}: {error}; no parameter or state was changed by this step"
+                    ) from error
+                if refresh is not None:
+                    planned[id(param)] = refresh
+        return planned
+
+    def _path_arguments(self, params: list[Tensor]) -> dict[str, Any]:
+        """The refreshes :meth:`_plan_refreshes` computed for ``params`` (None: no refresh)."""
+        planned = getattr(self, "_planned_refreshes", {})
+        return {"refreshes": [planned.get(id(param)) for param in params]}
 
     @torch.no_grad()
     def gradient_posterior(self, param: Tensor) -> GradientPosterior:
