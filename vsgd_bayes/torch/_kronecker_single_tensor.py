@@ -45,12 +45,12 @@ __all__ = [
     "rotate_in",
     "rotate_out",
     "noise_moments",
+    "blend_moments_",
     "sign_fixed_eigenvectors",
     "refreshed_basis",
     "rotate_rates",
     "Refresh",
-    "refreshed_sides",
-    "apply_refresh_",
+    "moment_eigenvectors",
     "refresh_",
     "planned_refresh",
 ]
@@ -91,10 +91,15 @@ def sign_fixed_eigenvectors(symmetric: Tensor) -> Tensor:
     return vectors * torch.where(signs == 0, torch.ones_like(signs), signs)
 
 
-def refreshed_basis(basis: Tensor, moment: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def refreshed_basis(
+    basis: Tensor, moment: Tensor, eigenvectors: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """(L', P, S~') = (orth(L V), L'^T L, P S~ P^T) with S~ = V Lambda V^T [kronecker-basis];
-    orth is the Q factor of a QR decomposition with a positive diagonal R."""
-    q, r = torch.linalg.qr(basis @ sign_fixed_eigenvectors(moment))
+    orth is the Q factor of a QR decomposition with a positive diagonal R. ``eigenvectors``:
+    V computed beforehand (:func:`planned_refresh`); None decomposes ``moment`` here."""
+    if eigenvectors is None:
+        eigenvectors = sign_fixed_eigenvectors(moment)
+    q, r = torch.linalg.qr(basis @ eigenvectors)
     signs = torch.sign(torch.diagonal(r))
     new_basis = q * torch.where(signs == 0, torch.ones_like(signs), signs)
     transition = new_basis.t() @ basis
@@ -112,61 +117,28 @@ def rotate_rates(rate: Tensor, row_transition: Tensor, col_transition: Tensor) -
 
 
 class Refresh(NamedTuple):
-    """A tensor's basis refresh [kronecker-basis]: per structured side (L', P, S~') from
-    :func:`refreshed_basis`, or None for a side that keeps the identity."""
+    """A tensor's refresh computed before its step: the eigenvectors V of each structured
+    side's moment [kronecker-basis], or None for a side that keeps the identity."""
 
-    row: tuple[Tensor, Tensor, Tensor] | None
-    col: tuple[Tensor, Tensor, Tensor] | None
+    row: Tensor | None
+    col: Tensor | None
 
 
-def refreshed_sides(
-    row_basis: Tensor, col_basis: Tensor, row_moment: Tensor, col_moment: Tensor
-) -> Refresh:
-    """The refresh of both sides, out of place [kronecker-basis]; empty sides give None.
+def moment_eigenvectors(basis: Tensor, moment: Tensor, side: str) -> Tensor | None:
+    """V of ``moment`` (:func:`sign_fixed_eigenvectors`), None for an empty side.
 
     Raises:
-        torch.linalg.LinAlgError: a moment is not finite (``eigh`` cannot decompose it; the
+        torch.linalg.LinAlgError: ``moment`` is not finite (``eigh`` cannot decompose it; the
             message says so rather than LAPACK's convergence code), or ``eigh`` failed.
     """
-
-    def side(basis: Tensor, moment: Tensor, name: str) -> tuple[Tensor, Tensor, Tensor] | None:
-        if not basis.numel():
-            return None
-        if not bool(torch.isfinite(moment).all()):
-            raise torch.linalg.LinAlgError(
-                f"its {name} noise moment is not finite (a non-finite gradient reached the "
-                "optimizer at this step or an earlier one), so it has no eigenbasis"
-            )
-        return refreshed_basis(basis, moment)
-
-    return Refresh(side(row_basis, row_moment, "row"), side(col_basis, col_moment, "column"))
-
-
-def apply_refresh_(
-    refresh: Refresh,
-    gradient_mean: Tensor,
-    drift_rate: Tensor,
-    noise_rate: Tensor,
-    row_basis: Tensor,
-    col_basis: Tensor,
-    row_moment: Tensor,
-    col_moment: Tensor,
-) -> None:
-    """In place: the new bases and moments of ``refresh``, and the state moved to them
-    [kronecker-rotate-state] (the mean exactly, the rates by moment matching)."""
-    empty = gradient_mean.new_zeros((0, 0))
-    row_transition = col_transition = empty
-    if refresh.row is not None:
-        new_basis, row_transition, new_moment = refresh.row
-        row_basis.copy_(new_basis)
-        row_moment.copy_(new_moment)
-    if refresh.col is not None:
-        new_basis, col_transition, new_moment = refresh.col
-        col_basis.copy_(new_basis)
-        col_moment.copy_(new_moment)
-    gradient_mean.copy_(rotate_out(gradient_mean, row_transition, col_transition))
-    drift_rate.copy_(rotate_rates(drift_rate, row_transition, col_transition))
-    noise_rate.copy_(rotate_rates(noise_rate, row_transition, col_transition))
+    if not basis.numel():
+        return None
+    if not bool(torch.isfinite(moment).all()):
+        raise torch.linalg.LinAlgError(
+            f"its {side} noise moment is not finite (a non-finite gradient reached the "
+            "optimizer at this step or an earlier one), so it has no eigenbasis"
+        )
+    return sign_fixed_eigenvectors(moment)
 
 
 def refresh_(
@@ -177,13 +149,30 @@ def refresh_(
     col_basis: Tensor,
     row_moment: Tensor,
     col_moment: Tensor,
+    planned: Refresh | None = None,
 ) -> None:
     """In place: each structured side's new basis and its moment [kronecker-basis], and the
-    state moved to it [kronecker-rotate-state]. The tensors are (m, n) matrices and (m, m),
-    (n, n) or empty (0, 0) ones."""
-    refresh = refreshed_sides(row_basis, col_basis, row_moment, col_moment)
-    apply_refresh_(refresh, gradient_mean, drift_rate, noise_rate, row_basis, col_basis,
-                   row_moment, col_moment)  # fmt: skip
+    state moved to it [kronecker-rotate-state] (the mean exactly, the rates by moment
+    matching). The tensors are (m, n) matrices and (m, m), (n, n) or empty (0, 0) ones.
+    ``planned``: the eigenvectors from :func:`planned_refresh`; None decomposes here."""
+    if planned is None:
+        planned = Refresh(moment_eigenvectors(row_basis, row_moment, "row"),
+                          moment_eigenvectors(col_basis, col_moment, "column"))  # fmt: skip
+    empty = gradient_mean.new_zeros((0, 0))
+    row_transition = col_transition = empty
+    if row_basis.numel():
+        new_basis, row_transition, new_moment = refreshed_basis(row_basis, row_moment,
+                                                                planned.row)  # fmt: skip
+        row_basis.copy_(new_basis)
+        row_moment.copy_(new_moment)
+    if col_basis.numel():
+        new_basis, col_transition, new_moment = refreshed_basis(col_basis, col_moment,
+                                                                planned.col)  # fmt: skip
+        col_basis.copy_(new_basis)
+        col_moment.copy_(new_moment)
+    gradient_mean.copy_(rotate_out(gradient_mean, row_transition, col_transition))
+    drift_rate.copy_(rotate_rates(drift_rate, row_transition, col_transition))
+    noise_rate.copy_(rotate_rates(noise_rate, row_transition, col_transition))
 
 
 def _rotated_local_update(
@@ -207,10 +196,21 @@ def _rotated_local_update(
     return rotated, new_gradient_mean, gradient_variance
 
 
-def _is_refresh_step(step: int, basis_update_every: int, row_moment: Tensor,
-                     col_moment: Tensor) -> bool:  # fmt: skip
-    structured = row_moment.numel() > 0 or col_moment.numel() > 0
-    return structured and step % int(basis_update_every) == 0
+def blend_moments_(
+    row_moment: Tensor,
+    col_moment: Tensor,
+    rotated: Tensor,
+    gradient_mean: Tensor,
+    gradient_variance: Tensor,
+    noise_step_size,
+) -> tuple[Tensor, Tensor]:
+    """In place S~ <- (1 - rho_{t,2}) S~ + rho_{t,2} (the noise's moments under q) for each
+    structured side [kronecker-moments]; returns the two moments (an empty side stays empty)."""
+    row_target, col_target = noise_moments(rotated - gradient_mean, gradient_variance)
+    for moment, target in ((row_moment, row_target), (col_moment, col_target)):
+        if moment.numel():
+            svi_blend_(moment, target, noise_step_size)
+    return row_moment, col_moment
 
 
 def planned_refresh(
@@ -236,13 +236,15 @@ def planned_refresh(
 
     This is what makes a step atomic: the eigendecompositions, the only operation of the step
     that can fail, run on the moments the step will blend [kronecker-moments] before any
-    parameter or state of any tensor is written; the step then applies the result
-    (:func:`kronecker_posterior_step_`'s ``refresh``) instead of decomposing again.
+    parameter or state of any tensor is written; the step then uses these eigenvectors
+    (:func:`kronecker_posterior_step_`'s ``refresh``) instead of decomposing again. Only V is
+    kept (m^2 + n^2 values a tensor until its step), not the refreshed bases and moments.
 
     Raises:
-        torch.linalg.LinAlgError: as :func:`refreshed_sides`.
+        torch.linalg.LinAlgError: as :func:`moment_eigenvectors`.
     """
-    if not _is_refresh_step(step, basis_update_every, row_moment, col_moment):
+    structured = row_moment.numel() > 0 or col_moment.numel() > 0
+    if not structured or step % int(basis_update_every):
         return None
     dtype = gradient_mean.dtype
     shape, _drift_step_size, noise_step_size = step_scalars(
@@ -251,13 +253,12 @@ def planned_refresh(
     rotated, new_gradient_mean, gradient_variance = _rotated_local_update(
         grad, gradient_mean, drift_rate, noise_rate, row_basis, col_basis, shape, maximize
     )
-    row_target, col_target = noise_moments(rotated - new_gradient_mean, gradient_variance)
-    row_blended, col_blended = row_moment.clone(), col_moment.clone()
-    if row_blended.numel():
-        svi_blend_(row_blended, row_target, noise_step_size)
-    if col_blended.numel():
-        svi_blend_(col_blended, col_target, noise_step_size)
-    return refreshed_sides(row_basis, col_basis, row_blended, col_blended)
+    row_blended, col_blended = blend_moments_(  # on copies: nothing is modified
+        row_moment.clone(), col_moment.clone(), rotated, new_gradient_mean, gradient_variance,
+        noise_step_size,
+    )  # fmt: skip
+    return Refresh(moment_eigenvectors(row_basis, row_blended, "row"),
+                   moment_eigenvectors(col_basis, col_blended, "column"))  # fmt: skip
 
 
 def kronecker_posterior_step_(
@@ -285,7 +286,7 @@ def kronecker_posterior_step_(
     count in ``step_t`` (already advanced); returns the direction
     L [mu~ / (sqrt(mu~^2 + sigma~^2) + eps)] R^T in the parameter's coordinates, taken in the
     basis of the step (before any refresh) [kronecker-step]. At a refresh step, ``refresh``
-    (from :func:`planned_refresh`) is applied as computed; None decomposes here."""
+    (from :func:`planned_refresh`) gives the eigenvectors; None decomposes here."""
     dtype = gradient_mean.dtype
     shape, drift_step_size, noise_step_size = step_scalars(
         step_t, prior_strength, kappa1, kappa2, init, dtype
@@ -303,20 +304,13 @@ def kronecker_posterior_step_(
     direction = rotate_out(  # [kronecker-step]
         normalized_direction(gradient_mean, gradient_variance, eps), row_basis, col_basis
     )
-    refreshing = _is_refresh_step(int(step_t.item()), basis_update_every, row_moment, col_moment)
-    if refreshing and refresh is not None:  # the planned moments and bases [kronecker-basis]
-        apply_refresh_(refresh, gradient_mean, drift_rate, noise_rate, row_basis, col_basis,
-                       row_moment, col_moment)  # fmt: skip
-        return direction
     if row_moment.numel() or col_moment.numel():  # [kronecker-moments], with rho_{t,2}
-        row_target, col_target = noise_moments(rotated - gradient_mean, gradient_variance)
-        if row_moment.numel():
-            svi_blend_(row_moment, row_target, noise_step_size)
-        if col_moment.numel():
-            svi_blend_(col_moment, col_target, noise_step_size)
-        if refreshing:  # [kronecker-basis]
+        blend_moments_(
+            row_moment, col_moment, rotated, gradient_mean, gradient_variance, noise_step_size
+        )
+        if int(step_t.item()) % int(basis_update_every) == 0:  # [kronecker-basis]
             refresh_(gradient_mean, drift_rate, noise_rate, row_basis, col_basis, row_moment,
-                     col_moment)  # fmt: skip
+                     col_moment, refresh)  # fmt: skip
     return direction
 
 
