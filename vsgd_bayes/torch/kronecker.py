@@ -104,15 +104,16 @@ def kronecker_vsgd(
     basis_update_every: int,
     max_basis_dim: int,
     maximize: bool,
-    refreshes: list[Refresh | None] | None = None,
+    refreshes: list[tuple[Tensor | None, Tensor | None] | None] | None = None,
 ) -> None:
     """Functional Kronecker VSGD: one step on every parameter of the lists, in place.
 
     Complex tensors are viewed as real. There is one implementation (single-tensor); ``foreach``
     is accepted for the family's interface and runs it too (see :class:`KroneckerVSGD`).
     ``refreshes``: this step's basis refreshes, one per parameter, planned before the step
-    (``_kronecker_single_tensor.planned_refresh``); None plans them in the call, before any
-    tensor is written.
+    (``_kronecker_single_tensor.planned_refresh``): the new row and column eigenvectors, None
+    for a side, or None for a parameter, that does not refresh; None plans them in the call,
+    before any tensor is written.
 
     Raises:
         torch.linalg.LinAlgError: a basis refresh cannot be computed (a non-finite noise
@@ -194,7 +195,7 @@ class KroneckerVSGD(VSGDFamilyOptimizer):
         TypeError: a non-bool ``maximize``/``foreach``.
         RuntimeError: at a step in eval mode (with ``schedule_free_momentum``), a sparse
             gradient, or a sharded (FSDP2) parameter (nothing is modified).
-        torch.linalg.LinAlgError (a RuntimeError): at a refresh step, a structured
+        torch.linalg.LinAlgError: (a subclass of RuntimeError) at a refresh step, a structured
             parameter whose noise moment is not finite (a non-finite gradient reached the
             optimizer then or earlier) has no eigenbasis; the error names the parameter, and
             nothing is modified (every refresh of the step is computed before any tensor is
